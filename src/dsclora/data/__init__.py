@@ -1,0 +1,1 @@
+"""Images in and out, MATLAB-compatible bicubic resizing, and benchmark folders."""

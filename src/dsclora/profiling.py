@@ -1,0 +1,129 @@
+"""Efficiency figures as the NTIRE ESR challenge reports them (``paper-notes.md`` §4).
+
+- params: sum of ``numel`` over the (deploy) model's parameters;
+- FLOPs: multiply-accumulates of the convolutions, as fvcore counts them (``out_numel · in/groups · k²``;
+  bias, activations, pixel shuffle and element-wise ops are not counted), for a 1x3x256x256 input;
+- activations: sum of conv output numels; convs: number of conv calls in one forward;
+- latency: median and min over ``runs`` timed forwards after ``warmup`` (CUDA-synchronised on GPU), with the
+  thread count stated; peak memory: ``max_memory_allocated`` on CUDA, the process's peak resident set on CPU
+  (reset through ``/proc/self/clear_refs`` before the timed forward where Linux allows it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsclora.inference import Precision, autocast_context
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def conv_statistics(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256, 256)) -> dict[str, int]:
+    """MACs, activations and conv count of one forward, recorded by hooks on every ``nn.Conv2d``."""
+    totals = {"macs": 0, "activations": 0, "convs": 0}
+
+    def hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+        k = module.kernel_size[0] * module.kernel_size[1]
+        totals["macs"] += output.numel() * (module.in_channels // module.groups) * k
+        totals["activations"] += output.numel()
+        totals["convs"] += 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        param = next(model.parameters())
+        model(torch.zeros(input_shape, device=param.device, dtype=param.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return totals
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...] = (1, 3, 256, 256),
+    runs: int = 10,
+    warmup: int = 2,
+    precision: Precision = "fp32",
+) -> dict[str, float | int | str | None]:
+    param = next(model.parameters())
+    device = param.device
+    x = torch.rand(input_shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with autocast_context(device, precision):
+        for _ in range(warmup):
+            model(x)
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            _reset_peak_rss()
+            base = (_rss_kib("VmRSS") or 0) * 1024
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        memory = {"peak_memory_bytes": peak, "memory_kind": "cuda max_memory_allocated"}
+    else:
+        peak = (_rss_kib("VmHWM") or 0) * 1024
+        memory = {"peak_memory_bytes": peak, "memory_kind": "process peak RSS"}
+    return {
+        "latency_ms_median": statistics.median(times) * 1e3,
+        "latency_ms_min": min(times) * 1e3,
+        "runs": runs,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": precision,
+        "peak_memory_over_start_bytes": max(peak - base, 0),
+        **memory,
+    }
+
+
+def profile(
+    model: nn.Module,
+    input_shape: tuple[int, ...] = (1, 3, 256, 256),
+    runs: int = 10,
+    warmup: int = 2,
+    precision: Precision = "fp32",
+) -> dict:
+    """Params, MACs, activations, conv count and latency / memory of a (deploy) model."""
+    stats = conv_statistics(model, input_shape)
+    return {
+        "input_shape": list(input_shape),
+        "params": count_parameters(model),
+        "flops_macs": stats["macs"],
+        "activations": stats["activations"],
+        "convs": stats["convs"],
+        **measure_latency(model, input_shape, runs, warmup, precision),
+    }
