@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cv.set_defaults(func=_cmd_convert)
 
+    dm = sub.add_parser(
+        "demo",
+        help="upscale sample photos (from scikit-image) and compare with bicubic",
+        description="Make x4 LR versions of sample photos, super-resolve them, report PSNR against bicubic.",
+    )
+    dm.add_argument(
+        "-o", "--output", default="out/demo", metavar="OUTDIR", help="folder for the images (default out/demo)"
+    )
+    dm.add_argument("--weights", default=None, help=_weights_help("; default: the embedded model"))
+    dm.add_argument("--device", default="auto", help="cpu, cuda, mps, or auto (default)")
+    dm.set_defaults(func=_cmd_demo)
+
     wt = sub.add_parser("weights", help="list, locate or download the named official checkpoints")
     wt_sub = wt.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     wt_sub.add_parser("list", help="registry names, files, where they are found").set_defaults(func=_cmd_weights_list)
@@ -267,6 +279,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     model, _spec = load_model(resolve(args.input))
     written = save_model(model, args.output, form=args.to, file_format=args.format)
     print(f"wrote {args.output}: {written.arch}, {written.form} form, C={written.span.channels}, x{written.span.scale}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dsclora.demo import run_demo
+    from dsclora.inference import resolve_device
+    from dsclora.loading import default_weights, load_for_inference
+
+    device = resolve_device(args.device)
+    label = args.weights or default_weights()
+    model, scale, _ = load_for_inference(label, device)
+    run_demo(model, scale, Path(args.output), device, label)
     return 0
 
 

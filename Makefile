@@ -1,0 +1,37 @@
+# Two entry points (see README): `make demo` sets up and upscales sample photos; `make test` runs the tests.
+PYTHON      ?= python3
+VENV        ?= .venv
+# CPU torch by default; GPU users: make setup TORCH="torch" CONSTRAINTS=/dev/null (or their own pins)
+TORCH       ?= torch==2.13.0
+CONSTRAINTS ?= constraints.txt
+SHARED      ?= ../shared
+BIN         := $(VENV)/bin
+
+# Official checkpoints are found through the weights search path; use the workspace copies when present.
+ifneq ($(wildcard $(SHARED)/weights),)
+export DSCLORA_WEIGHTS_DIR ?= $(abspath $(SHARED)/weights)
+endif
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) "$(TORCH)"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/dsclora demo -o out/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
