@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,11 @@ class ModelSpec:
 # --------------------------------------------------------------------------------------------- reading
 
 
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def _unwrap(obj: object, source: str) -> StateDict:
     """Find the tensor dict inside BasicSR / Lightning / DDP style wrappers; prefer EMA weights."""
     while isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -108,13 +114,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None]:
                 raise DscloraError(f"{path}: embedded dsclora config is not valid JSON") from None
         return state, config
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise DscloraError(f"{path}: refused to load: the pickle holds more than tensors ({first})") from None
+        detail = (
+            str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            if "WeightsUnpickler" in str(exc)
+            else ""
+        )
+        reason = f": {detail}" if detail else ""
+        raise DscloraError(f"{path}: refused to load: it holds pickled objects other than tensors{reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DscloraError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise DscloraError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)})") from None
     return _unwrap(obj, str(path)), None
 
 

@@ -40,9 +40,10 @@ def evaluate_dataset(
     overlap: int = 24,
     precision: Precision = "fp32",
     progress: bool = True,
+    limit: int | None = None,
 ) -> dict:
     """Mean and per-image ``psnr_y``, ``ssim_y``, ``psnr_rgb`` of ``model`` on one benchmark folder."""
-    pairs = find_pairs(root, scale)
+    pairs = find_pairs(root, scale)[:limit]
     rows = []
     for pair in tqdm(pairs, desc=Path(root).name, unit="img", disable=not progress, leave=False):
         hr, lr = load_pair(pair, scale)

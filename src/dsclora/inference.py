@@ -107,7 +107,7 @@ def upscale_image(
 ) -> LoadedImage:
     """Super-resolve one loaded image; alpha (if any) follows by MATLAB bicubic, the kind is kept."""
     x = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None].to(device)
-    sr = tiled_forward(model, x, scale, tile, overlap, precision)[0].clamp_(0, 1)
+    sr = tiled_forward(model, x, scale, tile, overlap, precision)[0].clamp(0, 1)
     rgb = sr.permute(1, 2, 0).cpu().numpy()
     alpha = None
     if image.alpha is not None:
