@@ -33,7 +33,9 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l
 
 def normalised_positions(feature: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, N) with each position's channel vector scaled to unit L2 norm."""
-    flat = feature.flatten(2).float()
+    flat = feature.flatten(2)
+    if flat.dtype in (torch.float16, torch.bfloat16):  # the N x N products need fp32 accuracy
+        flat = flat.float()
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(AFFINITY_EPS)
 
 

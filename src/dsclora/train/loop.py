@@ -149,7 +149,8 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         self.student, self.teacher = build_models(config, self.device)
         self.spec: ModelSpec = spec_of(self.student)
-        self.layers = affinity_indices(config.loss.affinity_layers, self.student.config.blocks)
+        distilling = self.teacher is not None and config.loss.affinity > 0
+        self.layers = affinity_indices(config.loss.affinity_layers, self.student.config.blocks) if distilling else []
         self.trainable = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config, self.trainable)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
