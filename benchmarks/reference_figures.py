@@ -47,8 +47,13 @@ def main() -> None:
     os.environ.setdefault("DSCLORA_WEIGHTS_DIR", str(shared / "weights"))
     bench = shared / "data" / "benchmark"
     device = torch.device("cpu")
-    out: dict = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "bicubic": {},
-                 "lr_match": {}, "models": {}}
+    out: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "bicubic": {},
+        "lr_match": {},
+        "models": {},
+    }
     start = time.time()
     for scale in (2, 3, 4):
         for name in SETS:
@@ -61,8 +66,10 @@ def main() -> None:
         for name in SETS:
             r = evaluate_dataset(model, bench / name, scale, device, progress=False)
             out["models"][f"{weights}_{name}_x{scale}"] = {k: r[k] for k in ("images", "psnr_y", "ssim_y", "psnr_rgb")}
-            print(f"{weights} {name} x{scale}: {r['psnr_y']:.3f} / {r['ssim_y']:.4f} / RGB {r['psnr_rgb']:.3f}",
-                  flush=True)
+            print(
+                f"{weights} {name} x{scale}: {r['psnr_y']:.3f} / {r['ssim_y']:.4f} / RGB {r['psnr_rgb']:.3f}",
+                flush=True,
+            )
     out["seconds"] = time.time() - start
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
