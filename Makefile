@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) "$(TORCH)"
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	# spandrel is a reference for the export tests only; without its deps (it pulls torchvision otherwise)
+	$(BIN)/python -m pip install -q --no-deps "spandrel==0.4.2"
 	touch $@
 
 demo: setup

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import benchmark_set
 
+from conftest import benchmark_set
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.imresize import imresize
 from dsclora.data.io import read_uint8_rgb

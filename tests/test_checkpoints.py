@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import official_weight
 
+from conftest import official_weight
 from dsclora import SPAN, DSCLoRA, DSCLoRAConfig, SpanConfig
 from dsclora import weights as registry
 from dsclora.checkpoints import detect, load_model, save_model

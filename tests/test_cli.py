@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import benchmark_set, official_weight
 from PIL import Image
 
+from conftest import benchmark_set, official_weight
 from dsclora.checkpoints import load_model
 from dsclora.cli import main
 from dsclora.data.imresize import imresize

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import benchmark_set, official_weight
 
+from conftest import benchmark_set, official_weight
 from dsclora.checkpoints import detect, load_model, read_checkpoint
 from dsclora.data.io import read_uint8_rgb
 from dsclora.errors import DscloraError

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TRAIN, benchmark_set, official_weight
 
+from conftest import REPO, TRAIN, benchmark_set, official_weight
 from dsclora.checkpoints import load_model, read_checkpoint
 from dsclora.cli import main
 from dsclora.errors import DscloraError
@@ -210,3 +210,21 @@ def test_existing_run_needs_resume(tmp_path: Path) -> None:
     Trainer(config, quiet=True).run()
     with pytest.raises(DscloraError, match="--resume"):
         Trainer(config, quiet=True)
+
+
+def test_nan_guard_skips_then_stops(tmp_path: Path) -> None:
+    config = load_config(TINY_DSCLORA, tiny_overrides(tmp_path / "nan", "run.max_bad_steps=3"))
+    trainer = Trainer(config, quiet=True)
+    lr, hr = fixed_batch(config, n=2)
+    before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    poisoned = lr.clone()
+    poisoned[0, 0, 0, 0] = float("nan")
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        assert trainer.train_step(poisoned, hr) is None
+        assert trainer.train_step(poisoned, hr) is None
+    for key, value in trainer.student.state_dict().items():
+        assert torch.equal(value, before[key])  # skipped steps change nothing
+    assert trainer.train_step(lr, hr) is not None and trainer.bad_steps == 0  # a good step resets the count
+    with pytest.warns(UserWarning), pytest.raises(DscloraError, match="NaN/inf for 3 steps"):
+        for _ in range(3):
+            trainer.train_step(poisoned, hr)

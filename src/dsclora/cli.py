@@ -23,10 +23,18 @@ EXIT_FAILED = 1
 def _add_runtime_options(parser: argparse.ArgumentParser, tiling: bool = True) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps, or auto (cuda if available; default)")
     parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "channels_last", "compile", "onnxruntime"],
+        help="how the network runs: auto (the fastest exact fp32 path, measured once per machine and printed), "
+        "torch (eager NCHW reference), channels_last, compile (torch.compile), onnxruntime",
+    )
+    parser.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "fp16", "bf16"],
-        help="arithmetic precision of the forward pass (fp32 is exact; default fp32)",
+        choices=["fp32", "bf16", "bf16-accurate", "fp16"],
+        help="fp32 (exact; default); bf16 (fastest on CPUs with bf16, ~0.01 dB lower); bf16-accurate (bf16 convs, "
+        "fp32 elsewhere: within 0.005 dB); fp16 (GPU)",
     )
     if tiling:
         parser.add_argument(
@@ -136,6 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--device", default="auto", help="cpu, cuda, mps, or auto (default)")
     dm.set_defaults(func=_cmd_demo)
 
+    ex = sub.add_parser(
+        "export",
+        help="write ONNX, a spandrel/chaiNNer-compatible SPAN, or safetensors",
+        description="Export a model for other tools; each export is checked before it is written.",
+    )
+    ex.add_argument("--weights", default=None, help=_weights_help("; default: the embedded model"))
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=["onnx", "spandrel", "safetensors"],
+        help="onnx: dynamic batch/height/width, checked in ONNX Runtime (<= 1e-4 on a real image); "
+        "spandrel: training-form SPAN (.pth or .safetensors) that collapses exactly to our weights; "
+        "safetensors: our deploy format with its JSON config",
+    )
+    ex.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument(
+        "--check-image", default=None, metavar="PATH", help="image for the ONNX check (default: a sample photo)"
+    )
+    ex.set_defaults(func=_cmd_export)
+
     wt = sub.add_parser("weights", help="list, locate or download the named official checkpoints")
     wt_sub = wt.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     wt_sub.add_parser("list", help="registry names, files, where they are found").set_defaults(func=_cmd_weights_list)
@@ -152,6 +181,19 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ upscale
+
+
+def _runner(model, spec, args: argparse.Namespace, device):
+    """The callable that runs the network per --backend / --precision (bicubic runs as it is)."""
+    from dsclora.backends import make_runner
+
+    if spec is None:
+        return model
+    runner, backend = make_runner(model, args.backend, device, args.precision)
+    note = " (auto: fastest exact fp32 path measured on this machine)" if args.backend == "auto" else ""
+    print(f"backend: {backend}, precision {args.precision}{note}", file=sys.stderr)
+    args.backend = backend
+    return runner
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -194,12 +236,13 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         raise DscloraError(f"several inputs would write {sorted(clashes)[0]}; rename them or use separate runs")
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device)
+    runner = _runner(model, spec, args, device)
     overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
     failures = 0
     for src, dst in tqdm(list(zip(files, targets, strict=False)), desc="upscale", unit="img", disable=len(files) < 2):
         try:
             image = read_image(src, args.max_pixels or DEFAULT_MAX_PIXELS)
-            result = upscale_image(model, image, scale, device, args.tile, overlap, args.precision)
+            result = upscale_image(runner, image, scale, device, args.tile, overlap)
             write_image(dst, result)
         except DscloraError as exc:
             failures += 1
@@ -221,9 +264,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device, args.scale)
+    runner = _runner(model, spec, args, device)
     overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
     results = [
-        evaluate_dataset(model, root, scale, device, args.tile, overlap, args.precision, progress=sys.stderr.isatty())
+        evaluate_dataset(runner, root, scale, device, args.tile, overlap, progress=sys.stderr.isatty())
         for root in args.data
     ]
     print(f"weights: {args.weights}   scale: x{scale}   (Y: BT.601, border {scale}; RGB PSNR as the NTIRE kit)")
@@ -267,8 +311,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     model, scale, spec = load_for_inference(args.weights, device)
     if spec is None:
         raise DscloraError("profile needs a network, not bicubic")
-    figures = profile(model, (1, spec.span.in_channels, h, w), args.runs, args.warmup, args.precision)
-    figures = {"weights": args.weights or "default", "scale": scale, **figures}
+    runner = _runner(model, spec, args, device)
+    figures = profile(model, runner, (1, spec.span.in_channels, h, w), args.runs, args.warmup)
+    figures = {
+        "weights": args.weights or "default",
+        "scale": scale,
+        "backend": args.backend,
+        "precision": args.precision,
+        **figures,
+    }
     print(f"model        {figures['weights']} (SPAN C={spec.span.channels}, {spec.span.blocks} blocks, x{scale})")
     print(f"input        1x{spec.span.in_channels}x{h}x{w}")
     print(f"params       {figures['params']:,}")
@@ -277,7 +328,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     print(f"convs        {figures['convs']}")
     print(
         f"latency      median {figures['latency_ms_median']:.2f} ms, min {figures['latency_ms_min']:.2f} ms "
-        f"({figures['runs']} runs, {figures['device']}, {figures['threads']} threads, {figures['precision']})"
+        f"({figures['runs']} runs, {figures['device']}, {figures['threads']} threads, {figures['backend']}, "
+        f"{figures['precision']})"
     )
     print(
         f"peak memory  {figures['peak_memory_bytes'] / 2**20:.1f} MiB ({figures['memory_kind']}), "
@@ -336,6 +388,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     label = args.weights or default_weights()
     model, scale, _ = load_for_inference(label, device)
     run_demo(model, scale, Path(args.output), device, label)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dsclora.checkpoints import load_model, save_model
+    from dsclora.export import check_image, export_onnx, export_spandrel
+    from dsclora.loading import default_weights
+    from dsclora.weights import resolve
+
+    model, _ = load_model(resolve(args.weights or default_weights()))
+    if args.format == "onnx":
+        diff = export_onnx(model, args.output, check_image(args.check_image), opset=args.opset)
+        print(
+            f"wrote {args.output}: ONNX opset {args.opset}, dynamic batch/height/width; "
+            f"ONNX Runtime vs torch max abs diff {diff:.1e}"
+        )
+    elif args.format == "spandrel":
+        diff = export_spandrel(model, args.output)
+        print(f"wrote {args.output}: training-form SPAN for spandrel/chaiNNer; re-collapse max abs diff {diff:.1e}")
+    else:
+        written = save_model(model, args.output, form="deploy", file_format="safetensors")
+        print(f"wrote {args.output}: {written.arch} deploy, C={written.span.channels}, x{written.span.scale}")
     return 0
 
 

@@ -7,38 +7,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.io import to_uint8
-from dsclora.inference import Precision, tiled_forward
+from dsclora.inference import Runner, tiled_forward
 from dsclora.metrics import psnr_rgb, psnr_y, ssim_y
 
 
 @torch.inference_mode()
 def super_resolve_uint8(
-    model: nn.Module,
-    lr: np.ndarray,
-    scale: int,
-    device: torch.device,
-    tile: int = 0,
-    overlap: int = 24,
-    precision: Precision = "fp32",
+    model: Runner, lr: np.ndarray, scale: int, device: torch.device, tile: int = 0, overlap: int = 24
 ) -> np.ndarray:
     x = torch.from_numpy(lr.transpose(2, 0, 1).astype(np.float32) / 255.0)[None].to(device)
-    sr = tiled_forward(model, x, scale, tile, overlap, precision)[0]
+    sr = tiled_forward(model, x, scale, tile, overlap)[0]
     return to_uint8(sr.permute(1, 2, 0).cpu().numpy())
 
 
 def evaluate_dataset(
-    model: nn.Module,
+    model: Runner,
     root: str | os.PathLike,
     scale: int,
     device: torch.device,
     tile: int = 0,
     overlap: int = 24,
-    precision: Precision = "fp32",
     progress: bool = True,
     limit: int | None = None,
 ) -> dict:
@@ -47,7 +39,7 @@ def evaluate_dataset(
     rows = []
     for pair in tqdm(pairs, desc=Path(root).name, unit="img", disable=not progress, leave=False):
         hr, lr = load_pair(pair, scale)
-        sr = super_resolve_uint8(model, lr, scale, device, tile, overlap, precision)
+        sr = super_resolve_uint8(model, lr, scale, device, tile, overlap)
         rows.append(
             {
                 "name": pair.name,

@@ -56,3 +56,79 @@ def derived_eval_conv_state(model: SPAN) -> dict[str, torch.Tensor]:
             state[f"{name}.eval_conv.weight"] = weight.detach().cpu().contiguous()
             state[f"{name}.eval_conv.bias"] = bias.detach().cpu().contiguous()
     return state
+
+
+# --------------------------------------------------------------------------------------------- files for other tools
+
+
+def check_image(path: str | None = None) -> torch.Tensor:
+    """A real photo (1, 3, H, W) in [0, 1] to compare exported models on: ``path``, else scikit-image's
+    astronaut (a crop), else a smooth synthetic image (random noise is no test: it drives SPAN's x255
+    activations far outside what images produce, where fp32 rounding is magnified)."""
+    import numpy as np
+
+    if path is not None:
+        from dsclora.data.io import read_image
+
+        rgb = read_image(path).rgb
+    else:
+        try:
+            from skimage import data
+
+            rgb = data.astronaut()[64:192, 160:288].astype(np.float32) / 255.0
+        except ImportError:
+            yy, xx = np.mgrid[0:96, 0:96] / 95.0
+            rgb = np.stack([yy, xx, 0.5 + 0.4 * np.sin(6 * yy * xx)], axis=2).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+
+
+def export_onnx(model: SPAN, path, probe: torch.Tensor, opset: int = 17, tolerance: float = 1e-4) -> float:
+    """Write ONNX (dynamic batch / height / width) atomically after checking it in ONNX Runtime.
+
+    Returns the max abs difference to torch on ``probe``; raises if it exceeds ``tolerance``.
+    """
+    import warnings
+
+    from dsclora.errors import DscloraError
+    from dsclora.utils import atomic_write
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DscloraError("ONNX export needs onnx and onnxruntime: pip install 'dsclora[onnx]'") from None
+    model = to_deploy(model).eval().float()
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with atomic_write(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
+        torch.onnx.export(
+            model,
+            (probe[:, :, :32, :32],),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=opset,
+            dynamic_axes={"input": dynamic, "output": dynamic},
+            dynamo=False,
+        )
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": probe.numpy()})[0]
+        with torch.no_grad():
+            want = model(probe).numpy()
+        diff = float(abs(got - want).max())
+        if diff > tolerance:
+            raise DscloraError(f"ONNX Runtime output differs from torch by {diff:.2e} (> {tolerance:.0e}); not written")
+    return diff
+
+
+def export_spandrel(model: SPAN, path) -> float:
+    """A training-form SPAN file spandrel / chaiNNer detect, whose collapse is exactly our deploy weights.
+
+    Returns the max abs difference between the file's re-collapsed weights and ours (0.0: bit-exact).
+    """
+    from dsclora.checkpoints import load_model, save_model
+
+    deployed = to_deploy(model)
+    save_model(deployed, path, form="train")
+    reloaded, _ = load_model(path)
+    collapsed = to_deploy(reloaded).state_dict()
+    return max(float((collapsed[k] - v).abs().max()) for k, v in deployed.state_dict().items())

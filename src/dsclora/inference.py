@@ -1,4 +1,4 @@
-"""Running a model on images: precision, tiling with exact seams, and the bicubic pseudo-model.
+"""Running a model on images: tiling with exact seams, and the bicubic pseudo-model.
 
 Tiling: each LR tile is extended by ``overlap`` pixels on every side (clipped at the image edge), run, and
 only its own region is kept. A SPAN output pixel depends on ``3·blocks + 3`` LR pixels each side (one per
@@ -8,9 +8,7 @@ float rounding; at the image edge a tile sees the same zero padding the whole im
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,8 +18,7 @@ from dsclora.data.imresize import imresize
 from dsclora.data.io import LoadedImage
 from dsclora.errors import DscloraError
 
-Precision = Literal["fp32", "fp16", "bf16"]
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Bicubic(nn.Module):
@@ -53,61 +50,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_context(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in _DTYPES:
-        raise DscloraError(f"unknown precision {precision!r} (use fp32, fp16 or bf16)")
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
-
-
 @torch.inference_mode()
 def tiled_forward(
-    model: nn.Module,
+    model: Runner,
     x: torch.Tensor,
     scale: int,
     tile: int = 0,
     overlap: int = 24,
-    precision: Precision = "fp32",
     on_tile: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """``model(x)`` in fp32 output, computed tile by tile when ``tile > 0`` (tile = LR core size)."""
+    """``model(x)`` as fp32, computed tile by tile when ``tile > 0`` (tile = LR core size).
+
+    ``model`` is any callable NCHW -> NCHW: a module, or a runner from ``backends.make_runner``.
+    """
     if tile < 0 or overlap < 0:
         raise DscloraError("tile size and overlap must be >= 0")
-    with autocast_context(x.device, precision):
-        _, _, h, w = x.shape
-        if tile == 0 or (h <= tile and w <= tile):
-            return model(x).float()
-        out = None
-        for y0 in range(0, h, tile):
-            for x0 in range(0, w, tile):
-                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
-                py1, px1 = min(y1 + overlap, h), min(x1 + overlap, w)
-                sr = model(x[:, :, py0:py1, px0:px1]).float()
-                if out is None:
-                    out = sr.new_empty(x.shape[0], sr.shape[1], h * scale, w * scale)
-                oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
-                out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
-                    :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
-                ]
-                if on_tile is not None:
-                    on_tile()
-        return out
+    _, _, h, w = x.shape
+    if tile == 0 or (h <= tile and w <= tile):
+        return model(x).float()
+    out = None
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
+            py1, px1 = min(y1 + overlap, h), min(x1 + overlap, w)
+            sr = model(x[:, :, py0:py1, px0:px1]).float()
+            if out is None:
+                out = sr.new_empty(x.shape[0], sr.shape[1], h * scale, w * scale)
+            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+            out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
+                :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
+            ]
+            if on_tile is not None:
+                on_tile()
+    return out
 
 
 def upscale_image(
-    model: nn.Module,
+    model: Runner,
     image: LoadedImage,
     scale: int,
     device: torch.device,
     tile: int = 0,
     overlap: int = 24,
-    precision: Precision = "fp32",
 ) -> LoadedImage:
     """Super-resolve one loaded image; alpha (if any) follows by MATLAB bicubic, the kind is kept."""
     x = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None].to(device)
-    sr = tiled_forward(model, x, scale, tile, overlap, precision)[0].clamp(0, 1)
+    sr = tiled_forward(model, x, scale, tile, overlap)[0].clamp(0, 1)
     rgb = sr.permute(1, 2, 0).cpu().numpy()
     alpha = None
     if image.alpha is not None:

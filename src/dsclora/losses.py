@@ -60,7 +60,7 @@ class _AffinityL1Sum(torch.autograd.Function):
         return total.to(s.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         s, t = ctx.saved_tensors
         grad_s = torch.zeros_like(s)
         n = s.shape[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsclora.inference import Precision, autocast_context
+from dsclora.inference import Runner
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -66,32 +66,30 @@ def _reset_peak_rss() -> bool:
 
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module,
+    runner: Runner,
+    device: torch.device,
     input_shape: tuple[int, ...] = (1, 3, 256, 256),
     runs: int = 10,
     warmup: int = 2,
-    precision: Precision = "fp32",
 ) -> dict[str, float | int | str | None]:
-    param = next(model.parameters())
-    device = param.device
+    """Median / min wall time of ``runner`` on a random input, with peak memory over the timed runs."""
     x = torch.rand(input_shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with autocast_context(device, precision):
-        for _ in range(warmup):
-            model(x)
+    for _ in range(warmup):
+        runner(x)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_rss()
+        base = (_rss_kib("VmRSS") or 0) * 1024
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner(x)
         sync()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            _reset_peak_rss()
-            base = (_rss_kib("VmRSS") or 0) * 1024
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            sync()
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
         memory = {"peak_memory_bytes": peak, "memory_kind": "cuda max_memory_allocated"}
@@ -104,7 +102,6 @@ def measure_latency(
         "runs": runs,
         "threads": torch.get_num_threads(),
         "device": str(device),
-        "precision": precision,
         "peak_memory_over_start_bytes": max(peak - base, 0),
         **memory,
     }
@@ -112,18 +109,19 @@ def measure_latency(
 
 def profile(
     model: nn.Module,
+    runner: Runner | None = None,
     input_shape: tuple[int, ...] = (1, 3, 256, 256),
     runs: int = 10,
     warmup: int = 2,
-    precision: Precision = "fp32",
 ) -> dict:
-    """Params, MACs, activations, conv count and latency / memory of a (deploy) model."""
+    """Params, MACs, activations, conv count of ``model``; latency / memory of ``runner`` (default: model)."""
     stats = conv_statistics(model, input_shape)
+    device = next(model.parameters()).device
     return {
         "input_shape": list(input_shape),
         "params": count_parameters(model),
         "flops_macs": stats["macs"],
         "activations": stats["activations"],
         "convs": stats["convs"],
-        **measure_latency(model, input_shape, runs, warmup, precision),
+        **measure_latency(runner or model, device, input_shape, runs, warmup),
     }
