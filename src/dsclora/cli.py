@@ -11,7 +11,9 @@ import glob
 import json
 import os
 import sys
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dsclora.errors import DscloraError
@@ -238,15 +240,36 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     model, scale, spec = load_for_inference(args.weights, device)
     runner = _runner(model, spec, args, device)
     overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     failures = 0
-    for src, dst in tqdm(list(zip(files, targets, strict=False)), desc="upscale", unit="img", disable=len(files) < 2):
+
+    # Decoding the next image and encoding the previous result run in threads while the network computes
+    # (Pillow and zlib release the GIL), so a folder is bound by the model, not by PNG I/O.
+    def finish(write: Future) -> int:
         try:
-            image = read_image(src, args.max_pixels or DEFAULT_MAX_PIXELS)
-            result = upscale_image(runner, image, scale, device, args.tile, overlap)
-            write_image(dst, result)
+            write.result()
+            return 0
         except DscloraError as exc:
-            failures += 1
             print(f"dsclora: error: {exc}", file=sys.stderr)
+            return 1
+
+    with ThreadPoolExecutor(max_workers=2) as io_pool:
+        pending_read = io_pool.submit(read_image, files[0], max_pixels)
+        writes: deque[Future] = deque()
+        for i, dst in enumerate(tqdm(targets, desc="upscale", unit="img", disable=len(files) < 2)):
+            current = pending_read
+            if i + 1 < len(files):
+                pending_read = io_pool.submit(read_image, files[i + 1], max_pixels)
+            try:
+                result = upscale_image(runner, current.result(), scale, device, args.tile, overlap)
+            except DscloraError as exc:
+                failures += 1
+                print(f"dsclora: error: {exc}", file=sys.stderr)
+                continue
+            writes.append(io_pool.submit(write_image, dst, result))
+            if len(writes) > 2:  # bounded: at most two results wait for the encoder
+                failures += finish(writes.popleft())
+        failures += sum(finish(w) for w in writes)
     done = len(files) - failures
     if done:
         print(f"wrote {done} image(s) to {outdir} (x{scale})")

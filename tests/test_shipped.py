@@ -1,0 +1,47 @@
+"""The weights this project trained and ships inside the package: small, loadable, the offline default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dsclora.checkpoints import load_model
+from dsclora.cli import main
+from dsclora.loading import default_weights, embedded_weights
+from dsclora.utils import sha256_file
+
+CARD = Path(__file__).resolve().parents[1] / "src" / "dsclora" / "assets" / "MODEL_CARD.md"
+
+
+def test_embedded_model_is_a_plain_span_tiny_under_1mb() -> None:
+    path = embedded_weights()
+    assert path is not None and path.stat().st_size < 1_000_000
+    model, spec = load_model(path)
+    assert (spec.arch, spec.form, spec.span.channels, spec.span.blocks, spec.span.scale) == ("span", "deploy", 26, 6, 4)
+    assert sum(p.numel() for p in model.parameters()) == 130_828
+    assert default_weights() == str(path)
+
+
+def test_model_card_names_the_shipped_file_by_hash() -> None:
+    card = CARD.read_text()
+    digest = re.search(r"sha256 `([0-9a-f]{64})`", card)
+    assert digest and digest.group(1) == sha256_file(embedded_weights())
+    for needed in ("Base checkpoint", "Licence", "Data", "Recipe", "Metrics", "Reproduce"):
+        assert needed in card
+
+
+def test_upscale_without_weights_runs_offline(tmp_path: Path, monkeypatch, capsys, sample_photo) -> None:
+    monkeypatch.setenv("DSCLORA_WEIGHTS_DIR", str(tmp_path / "empty"))  # no official checkpoints reachable
+    src = tmp_path / "photo.png"
+    Image.fromarray(sample_photo[200:248, 200:264]).save(src)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--backend", "torch"]) == 0, capsys.readouterr().err
+    result = np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
+    model, _ = load_model(embedded_weights())
+    x = torch.from_numpy(np.asarray(Image.open(src)).transpose(2, 0, 1).astype(np.float32) / 255)[None]
+    with torch.no_grad():
+        expected = np.floor(model(x)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)
+    assert result.shape == (192, 256, 3) and np.abs(result - expected).max() <= 1
