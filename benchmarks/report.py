@@ -228,6 +228,21 @@ def main() -> None:
             text.append(f"| {title} | " + " | ".join(f"{run['eval'][s]['psnr_y']:.3f}" for s in SETS) + " |")
     text += [
         "",
+        "## How far training moved the network",
+        "",
+        "Relative change of all weights after merging, ||W − W_base|| / ||W_base|| (mean over seeds):",
+        "",
+        "| run | weight change |",
+        "|---|---|",
+    ]
+    moved: dict[str, float] = {}
+    for name in sorted({n.rsplit("_s", 1)[0] for n in results if n.rsplit("_s", 1)[-1].isdigit()}):
+        changes = [r["weight_change"] for r in seeds_of(results, name) if "weight_change" in r]
+        if changes:
+            moved[name] = statistics.mean(changes)
+            text.append(f"| {name} | {moved[name]:.2e} |")
+    text += [
+        "",
         "## Second base: SPAN ch28 (`ntire2024_team38_span_ch28_slim.pth`)",
         "",
         "| variant | seeds | " + " | ".join(SETS) + " |",
@@ -270,6 +285,16 @@ def main() -> None:
             "- DSCLoRA (iv) against its untrained base: "
             + "; ".join(f"{s} {verdict([g], noise[s])}" for s, g in gains.items())
             + "."
+        )
+    if "iv_dsclora" in moved and "iii_lora" in moved and moved["iv_dsclora"] < 0.1 * moved["iii_lora"]:
+        text.append(
+            f"- Why (iv) hardly differs from its base: its weights moved {moved['iv_dsclora']:.1e} (relative), "
+            f"against {moved['iii_lora']:.1e} for ConvLoRA trained on L1 alone. The student starts as its "
+            "teacher (B = 0), and with λ1 = λ2 the two L1 pixel terms 0.5·|SR − HR| + 0.5·|SR − SR_teacher| are "
+            "flat for any SR between the teacher's output and HR: their gradients cancel as soon as the student "
+            "leaves the teacher, and the affinity term (λ3 = 10) pulls it back. The FAKD defaults assume a "
+            "student that starts elsewhere; a student initialised at its teacher needs λ1 > λ2 to learn "
+            "(see the λ2 ablation), which the DSCLoRA paper does not publish."
         )
     official = {s: results["official_dscf"]["eval"][s]["psnr_y"] - base["eval"][s]["psnr_y"] for s in SETS}
     text.append(

@@ -64,11 +64,28 @@ def write(name: str, payload: dict) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1))
 
 
+def weight_change(final: Path, base: str) -> float:
+    """||W_final - W_base|| / ||W_base|| over every tensor: how far training moved the network."""
+    trained, _ = load_model(final)
+    start, _ = load_model(resolve(base))
+    a, b = trained.state_dict(), start.state_dict()
+    diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in b)
+    norm = sum(float(b[k].pow(2).sum()) for k in b)
+    return (diff / norm) ** 0.5
+
+
 def run_config(path: Path) -> None:
     name = path.stem
-    if (RESULTS / f"{name}.json").exists():
-        return
     config = load_config(path)
+    base = config.model.base or config.model.init
+    saved = RESULTS / f"{name}.json"
+    if saved.exists():
+        payload = json.loads(saved.read_text())
+        final = REPO / config.run.output / "final.safetensors"
+        if "weight_change" not in payload and final.exists():  # backfill runs saved before this field existed
+            payload["weight_change"] = weight_change(final, base)
+            write(name, payload)
+        return
     run_dir = REPO / config.run.output
     final = run_dir / "final.safetensors"
     start = time.time()
@@ -85,6 +102,7 @@ def run_config(path: Path) -> None:
             "train_seconds": seconds,
             "eval": evaluate(final),
             "curve": curve(run_dir),
+            "weight_change": weight_change(final, base),
         },
     )
     print(f"{name}: done in {time.time() - start:.0f} s", flush=True)
