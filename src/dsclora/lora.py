@@ -41,25 +41,30 @@ class LoraSpec:
         return self.alpha / self.rank
 
 
+def _conv_arguments(conv: nn.Conv2d) -> dict:
+    """Constructor arguments that rebuild ``conv``'s geometry, device and dtype."""
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+        "device": conv.weight.device,
+        "dtype": conv.weight.dtype,
+    }
+
+
 class LoRAConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` with a trainable low-rank weight update; state keys ``weight, bias, lora_A, lora_B``."""
 
     def __init__(self, base: nn.Conv2d, spec: LoraSpec) -> None:
         if base.kernel_size[0] != base.kernel_size[1]:
             raise ValueError(f"ConvLoRA needs a square kernel, got {base.kernel_size}")
-        super().__init__(
-            base.in_channels,
-            base.out_channels,
-            base.kernel_size,
-            stride=base.stride,
-            padding=base.padding,
-            dilation=base.dilation,
-            groups=base.groups,
-            bias=base.bias is not None,
-            padding_mode=base.padding_mode,
-            device=base.weight.device,
-            dtype=base.weight.dtype,
-        )
+        super().__init__(**_conv_arguments(base))
         with torch.no_grad():
             self.weight.copy_(base.weight)
             if base.bias is not None:
@@ -103,19 +108,7 @@ class LoRAConv2d(nn.Conv2d):
     @torch.no_grad()
     def to_conv(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the merged weight; this layer is left as it was."""
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
+        conv = nn.Conv2d(**_conv_arguments(self))
         conv.weight.copy_(self.weight if self.merged else self.weight + self.delta_weight())
         if self.bias is not None:
             conv.bias.copy_(self.bias)
