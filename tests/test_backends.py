@@ -41,9 +41,12 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
     assert (tiled - reference).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize(("precision", "budget_db"), [("bf16", 0.05), ("bf16-accurate", 0.005)])
-def test_reduced_precision_psnr_change_on_set5(dscf, precision: str, budget_db: float) -> None:
-    runner, _ = make_runner(dscf, "channels_last", torch.device("cpu"), precision)
+@pytest.mark.parametrize(
+    ("backend", "precision", "budget_db"),
+    [("channels_last", "bf16", 0.05), ("channels_last", "bf16-accurate", 0.005), ("compile", "bf16-accurate", 0.005)],
+)
+def test_reduced_precision_psnr_change_on_set5(dscf, backend: str, precision: str, budget_db: float) -> None:
+    runner, _ = make_runner(dscf, backend, torch.device("cpu"), precision)
     ref_runner, _ = make_runner(dscf, "torch", torch.device("cpu"))
     changes = []
     for pair in find_pairs(benchmark_set("Set5"), 4):

@@ -1,11 +1,13 @@
 """Ways to run a deploy-form SPAN fast: eager NCHW (the reference), channels_last, torch.compile, ONNX Runtime,
 and reduced-precision policies. ``make_runner`` returns a callable NCHW float32 -> NCHW float32.
 
-Measured on this project's 2-core CPU (benchmarks/infer.py): channels_last is the fastest exact path (oneDNN
-prefers NHWC for 26-channel convs); torch.compile does not beat it; plain bf16 autocast is ~3x faster but
-quantises the output to bf16 (8-bit mantissa: about half a grey level), which costs 0.01-0.016 dB Y-PSNR.
-``bf16-accurate`` runs the convs in bf16 but keeps their outputs, every element-wise op, the x255 input conv
-and the upsampler in fp32: within 0.005 dB of fp32 at roughly 2x the eager speed.
+Measured on this project's 2-core CPU (benchmarks/infer.py): NHWC (channels_last) suits oneDNN's 26-channel
+convs; torch.compile with Inductor's weight freezing (constant-folded, pre-packed conv weights) adds element-wise
+fusion on top. Plain bf16 autocast is ~3x faster than eager fp32 but quantises every tensor, the output too,
+to an 8-bit mantissa (about half a grey level), which costs 0.01-0.016 dB Y-PSNR. ``bf16-accurate`` runs only
+the 18 block convs in bf16 and keeps their outputs, every element-wise op and the four head / tail convs
+(conv_1 on the x255 input, conv_cat, conv_2, upsampler) in fp32: within 0.005 dB of fp32; compiled, it is
+also ~3x faster than eager fp32.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dsclora.models.span import SPAN
 BACKENDS = ("auto", "torch", "channels_last", "compile", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "bf16-accurate", "fp16")
 Runner = Callable[[torch.Tensor], torch.Tensor]
+FP32_CONVS = ("conv_1", "conv_cat", "conv_2", "upsampler")  # kept in fp32 by bf16-accurate
 
 
 class _Float32(nn.Module):
@@ -54,13 +57,13 @@ class _Float32Output(nn.Module):
 
 
 def accurate_bf16_copy(model: SPAN) -> SPAN:
-    """A copy for ``bf16-accurate``: head and upsampler convs fp32, other convs bf16 with fp32 outputs."""
+    """A copy for ``bf16-accurate``: head / tail convs fp32, block convs bf16 with fp32 outputs."""
     work = copy.deepcopy(model)
     for name, module in list(work.named_modules()):
         if isinstance(module, nn.Conv2d):
             parent_name, _, child = name.rpartition(".")
             parent = work.get_submodule(parent_name) if parent_name else work
-            keep = name.startswith(("conv_1", "upsampler"))
+            keep = name.startswith(FP32_CONVS)
             setattr(parent, child, _Float32(module) if keep else _Float32Output(module))
     return work
 
@@ -133,7 +136,8 @@ def make_runner(model: SPAN, backend: str, device: torch.device, precision: str 
     if backend == "onnxruntime":
         return _onnxruntime_runner(model, device, precision), backend
     if backend == "compile":
-        compiled = torch.compile(model.to(memory_format=torch.channels_last), dynamic=True)
+        # freezing: weights become constants, so Inductor pre-packs the convs (inference only)
+        compiled = torch.compile(model.to(memory_format=torch.channels_last), options={"freezing": True})
         return _torch_runner(compiled, device, precision, channels_last=True), backend
     return _torch_runner(model, device, precision, channels_last=backend == "channels_last"), backend
 
