@@ -91,6 +91,12 @@ def test_merge_cli_writes_deploy_model(tmp_path: Path, capsys) -> None:
     final, _ = load_model(tmp_path / "run" / "final.safetensors")
     for key, value in final.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value)  # EMA weights, same merge
+    # The training checkpoint itself also loads for inference, with its own config and EMA weights.
+    direct, spec = load_model(tmp_path / "run" / "latest.pt")
+    assert spec.arch == "dsclora" and spec.lora.block_alpha == 4.0
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert (direct(x) - merged(x)).abs().max().item() <= 1e-5
     assert main(["merge", str(out), str(tmp_path / "x.safetensors")]) == 2  # not a training checkpoint
     assert "not a dsclora training checkpoint" in capsys.readouterr().err
 

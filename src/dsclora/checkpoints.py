@@ -36,6 +36,7 @@ Arch = Literal["span", "dsclora"]
 
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g")
 METADATA_KEY = "dsclora"
+TRAIN_STATE_FORMAT = "dsclora-train-state/1"  # written by dsclora.train.loop
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None]:
         raise DscloraError(f"{path}: refused to load: it holds pickled objects other than tensors{reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
         raise DscloraError(f"{path}: not a readable PyTorch checkpoint ({_first_sentence(exc)})") from None
+    if isinstance(obj, Mapping) and obj.get("format") == TRAIN_STATE_FORMAT:
+        # a `dsclora train` checkpoint (latest.pt / best.pt): its EMA weights and its exact config
+        weights = obj.get("ema") or obj["model"]
+        return dict(weights), obj["model_spec"]
     return _unwrap(obj, str(path)), None
 
 

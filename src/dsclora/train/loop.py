@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dsclora.checkpoints import ModelSpec, load_model, save_model, spec_of
+from dsclora.checkpoints import TRAIN_STATE_FORMAT, ModelSpec, load_model, save_model, spec_of
 from dsclora.errors import DscloraError
 from dsclora.evaluate import evaluate_dataset
 from dsclora.inference import resolve_device
@@ -41,7 +41,7 @@ from dsclora.train.ema import EMA
 from dsclora.utils import atomic_write
 from dsclora.weights import resolve
 
-STATE_FORMAT = "dsclora-train-state/1"
+STATE_FORMAT = TRAIN_STATE_FORMAT
 
 
 # ----------------------------------------------------------------------------------------------- models
