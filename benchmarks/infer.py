@@ -33,7 +33,7 @@ from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.io import to_uint8
 from dsclora.inference import tiled_forward
 from dsclora.metrics import psnr_y
-from dsclora.profiling import _rss_kib, conv_statistics
+from dsclora.profiling import conv_statistics, rss_kib
 from dsclora.weights import resolve
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -90,7 +90,7 @@ def tiled_4k_child(weights: str, tile: int) -> None:
     x = torch.rand(1, 3, 540, 960)
     x = torch.nn.functional.avg_pool2d(x, 9, 1, 4)  # smooth like an image, not noise
     out = tiled_forward(runner, x, 4, tile=tile, overlap=model.config.receptive_radius)
-    peak = (_rss_kib("VmHWM") or 0) / 1024
+    peak = (rss_kib("VmHWM") or 0) / 1024
     untiled = runner(x)
     print(
         json.dumps(

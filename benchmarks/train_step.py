@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dsclora.profiling import _reset_peak_rss, _rss_kib
+from dsclora.profiling import reset_peak_rss, rss_kib
 from dsclora.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from dsclora.train.data import PatchDataset, training_images
 from dsclora.train.loop import Trainer
@@ -70,7 +70,7 @@ def make_batches(args: argparse.Namespace, count: int, device: torch.device) -> 
 def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return (_rss_kib("VmHWM") or 0) / 1024
+    return (rss_kib("VmHWM") or 0) / 1024
 
 
 def first_step_memory(name: str, args: argparse.Namespace) -> float:
@@ -81,8 +81,8 @@ def first_step_memory(name: str, args: argparse.Namespace) -> float:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
-        base = (_rss_kib("VmRSS") or 0) / 1024
-        _reset_peak_rss()
+        base = (rss_kib("VmRSS") or 0) / 1024
+        reset_peak_rss()
     trainer.train_step(lr, hr)
     return peak_mib(trainer.device) - base
 

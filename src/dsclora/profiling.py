@@ -46,7 +46,7 @@ def conv_statistics(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256,
     return totals
 
 
-def _rss_kib(field: str) -> int | None:
+def rss_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -56,7 +56,7 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -82,8 +82,8 @@ def measure_latency(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        _reset_peak_rss()
-        base = (_rss_kib("VmRSS") or 0) * 1024
+        reset_peak_rss()
+        base = (rss_kib("VmRSS") or 0) * 1024
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -94,7 +94,7 @@ def measure_latency(
         peak = torch.cuda.max_memory_allocated()
         memory = {"peak_memory_bytes": peak, "memory_kind": "cuda max_memory_allocated"}
     else:
-        peak = (_rss_kib("VmHWM") or 0) * 1024
+        peak = (rss_kib("VmHWM") or 0) * 1024
         memory = {"peak_memory_bytes": peak, "memory_kind": "process peak RSS"}
     return {
         "latency_ms_median": statistics.median(times) * 1e3,

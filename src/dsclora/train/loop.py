@@ -32,7 +32,7 @@ from dsclora.lora import mark_only_lora_trainable
 from dsclora.losses import reconstruction_loss, spatial_affinity_loss
 from dsclora.models.dsclora import DSCLoRA, DSCLoRAConfig
 from dsclora.models.span import SPAN, SpanConfig
-from dsclora.profiling import _rss_kib
+from dsclora.profiling import rss_kib
 from dsclora.reparam import max_abs_difference, to_deploy
 from dsclora.train.config import TrainConfig
 from dsclora.train.data import PatchDataset, PositionSampler, default_workers, training_images
@@ -130,7 +130,7 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return (_rss_kib("VmHWM") or 0) / 1024
+    return (rss_kib("VmHWM") or 0) / 1024
 
 
 class Trainer:
