@@ -11,7 +11,7 @@ import glob
 import json
 import os
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -185,17 +185,16 @@ def _version() -> str:
 # ------------------------------------------------------------------------------------------------ upscale
 
 
-def _runner(model, spec, args: argparse.Namespace, device):
-    """The callable that runs the network per --backend / --precision (bicubic runs as it is)."""
+def _runner(model, spec, args: argparse.Namespace, device) -> tuple:
+    """(callable running the network per --backend / --precision, resolved backend); bicubic runs as it is."""
     from dsclora.backends import make_runner
 
     if spec is None:
-        return model
+        return model, "bicubic"
     runner, backend = make_runner(model, args.backend, device, args.precision)
     note = " (auto: fastest exact fp32 path measured on this machine)" if args.backend == "auto" else ""
     print(f"backend: {backend}, precision {args.precision}{note}", file=sys.stderr)
-    args.backend = backend
-    return runner
+    return runner, backend
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -233,12 +232,12 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     outdir = Path(args.output)
     targets = [outdir / (f.stem + ext) for f in files]
-    clashes = {t for t in targets if targets.count(t) > 1}
+    clashes = [t for t, n in Counter(targets).items() if n > 1]
     if clashes:
         raise DscloraError(f"several inputs would write {sorted(clashes)[0]}; rename them or use separate runs")
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device)
-    runner = _runner(model, spec, args, device)
+    runner, _ = _runner(model, spec, args, device)
     overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     failures = 0
@@ -287,7 +286,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device, args.scale)
-    runner = _runner(model, spec, args, device)
+    runner, _ = _runner(model, spec, args, device)
     overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
     results = [
         evaluate_dataset(runner, root, scale, device, args.tile, overlap, progress=sys.stderr.isatty())
@@ -334,12 +333,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     model, scale, spec = load_for_inference(args.weights, device)
     if spec is None:
         raise DscloraError("profile needs a network, not bicubic")
-    runner = _runner(model, spec, args, device)
+    runner, backend = _runner(model, spec, args, device)
     figures = profile(model, runner, (1, spec.span.in_channels, h, w), args.runs, args.warmup)
     figures = {
         "weights": args.weights or "default",
         "scale": scale,
-        "backend": args.backend,
+        "backend": backend,
         "precision": args.precision,
         **figures,
     }
