@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from torch import nn
 
 from dsclora.errors import DscloraError
 from dsclora.models.span import SPAN
+from dsclora.utils import user_cache_dir
 
 BACKENDS = ("auto", "torch", "channels_last", "compile", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "bf16-accurate", "fp16")
@@ -146,8 +146,7 @@ def make_runner(model: SPAN, backend: str, device: torch.device, precision: str 
 
 
 def _auto_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dsclora" / "auto_backend.json"
+    return user_cache_dir("auto_backend.json")
 
 
 def _candidates() -> list[str]:

@@ -197,6 +197,13 @@ def _runner(model, spec, args: argparse.Namespace, device) -> tuple:
     return runner, backend
 
 
+def _overlap(args: argparse.Namespace, spec) -> int:
+    """--tile-overlap, defaulting to the network's receptive radius (tiled == untiled); bicubic needs none."""
+    if args.tile_overlap is not None:
+        return args.tile_overlap
+    return spec.span.receptive_radius if spec else 0
+
+
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     """Files as given, folders as their images, anything else as a glob pattern; duplicates dropped."""
     from dsclora.data.io import list_images
@@ -238,7 +245,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device)
     runner, _ = _runner(model, spec, args, device)
-    overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
+    overlap = _overlap(args, spec)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     failures = 0
 
@@ -287,7 +294,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device, args.scale)
     runner, _ = _runner(model, spec, args, device)
-    overlap = args.tile_overlap if args.tile_overlap is not None else (spec.span.receptive_radius if spec else 0)
+    overlap = _overlap(args, spec)
     results = [
         evaluate_dataset(runner, root, scale, device, args.tile, overlap, progress=sys.stderr.isatty())
         for root in args.data

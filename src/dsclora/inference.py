@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dsclora.data.imresize import imresize
-from dsclora.data.io import LoadedImage
+from dsclora.data.io import LoadedImage, to_uint8
 from dsclora.errors import DscloraError
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -32,7 +32,7 @@ class Bicubic(nn.Module):
         out = []
         for img in x.detach().cpu().numpy():
             # Round-trip to uint8 (exact for 8-bit inputs) so each pass rounds as MATLAB does.
-            u8 = np.clip(np.floor(img.transpose(1, 2, 0) * 255.0 + 0.5), 0, 255).astype(np.uint8)
+            u8 = to_uint8(img.transpose(1, 2, 0))
             up = imresize(u8, float(self.scale)).astype(np.float32) / 255.0
             out.append(torch.from_numpy(up.transpose(2, 0, 1).copy()))
         return torch.stack(out).to(x.device)

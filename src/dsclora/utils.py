@@ -32,6 +32,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/dsclora/...`` (default ``~/.cache/dsclora/...``): where every cache of ours lives."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "dsclora", *parts)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsclora.errors import DscloraError
-from dsclora.utils import atomic_write, sha256_file
+from dsclora.utils import atomic_write, sha256_file, user_cache_dir
 
 ENV_VAR = "DSCLORA_WEIGHTS_DIR"
 
@@ -66,8 +66,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dsclora" / "weights"
+    return user_cache_dir("weights")
 
 
 def search_path() -> list[Path]:
@@ -78,11 +77,11 @@ def search_path() -> list[Path]:
 def resolve(name_or_path: str) -> Path:
     """A file path as is, or a registry name looked up (and sha256-checked) along the search path."""
     candidate = Path(name_or_path).expanduser()
-    if candidate.exists() or name_or_path not in REGISTRY:
-        if not candidate.exists():
-            known = ", ".join(REGISTRY)
-            raise DscloraError(f"weights not found: {name_or_path!r} is neither a file nor a known name ({known})")
+    if candidate.exists():
         return candidate
+    if name_or_path not in REGISTRY:
+        known = ", ".join(REGISTRY)
+        raise DscloraError(f"weights not found: {name_or_path!r} is neither a file nor a known name ({known})")
     entry = REGISTRY[name_or_path]
     for folder in search_path():
         path = folder / entry.filename

@@ -22,7 +22,7 @@ from PIL import Image
 from dsclora.data.imresize import imresize
 from dsclora.data.io import list_images, read_uint8_rgb
 from dsclora.errors import DscloraError
-from dsclora.utils import atomic_write
+from dsclora.utils import atomic_write, user_cache_dir
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,7 @@ def _nonempty(folder: Path) -> list[Path]:
 
 
 def lr_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dsclora" / "lr"
+    return user_cache_dir("lr")
 
 
 def bicubic_lr(hr_path: Path, scale: int, cache: Path | None = None) -> np.ndarray:

@@ -87,8 +87,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         return _gray(np.clip(np.asarray(img, dtype=np.float64), 0, 1), bits=16)
     if mode in ("1", "L"):
         return _gray(np.asarray(img.convert("L"), dtype=np.float64) / 255.0, bits=8)
-    if mode == "LA" or (mode == "P" and "transparency" in img.info) or mode == "PA":
-        img = img.convert("RGBA") if mode != "LA" else img
+    if mode == "PA" or (mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
     if mode == "LA":
         arr = np.asarray(img, dtype=np.float32) / 255.0
         loaded = _gray(arr[..., 0].astype(np.float64), bits=8)

@@ -308,13 +308,17 @@ class Trainer:
         self.step += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def eval_model(self) -> SPAN:
-        """The deploy-form network validation and export use: EMA weights when EMA is on."""
+    def averaged_model(self) -> SPAN:
+        """The training-form network validation and export use: EMA weights when EMA is on."""
         if self.ema is None:
-            return to_deploy(self.student).eval()
+            return self.student
         averaged = self.spec.build().to(self.device)
         averaged.load_state_dict(self.ema.state_dict())
-        return to_deploy(averaged).eval()
+        return averaged
+
+    def eval_model(self) -> SPAN:
+        """``averaged_model`` merged to a plain deploy-form SPAN."""
+        return to_deploy(self.averaged_model()).eval()
 
     def validate(self) -> dict | None:
         c = self.config.data
@@ -414,12 +418,8 @@ class Trainer:
 
     def _export(self) -> dict:
         """Merge to a plain SPAN, check it against the training form, write ``final.safetensors``."""
-        deployed = self.eval_model()
-        if self.ema is None:
-            reference = self.student
-        else:
-            reference = self.spec.build().to(self.device)
-            reference.load_state_dict(self.ema.state_dict())
+        reference = self.averaged_model()
+        deployed = to_deploy(reference).eval()
         probe = self._probe_image()
         diff = max_abs_difference(reference, deployed, probe)
         if diff > 1e-4:
