@@ -1,10 +1,13 @@
 """Inference speed of every back-end, side by side in one run, against the eager reference and the machine's
 compute bound; the PSNR cost of each reduced precision; peak memory of a tiled 960x540 -> 3840x2160 upscale.
 
-- latency: median of ``--runs`` forwards after warm-up, for a 1x3x256x256 input (the NTIRE setting) and for
-  a 480x270 input (a 1920x1080 output);
-- ratio to reference: back-end latency / eager NCHW fp32 latency (same run);
-- ratio to bound: latency / (2 · MACs / best sustained fp32 GEMM rate torch reaches here, measured now);
+- latency: median over ``--runs`` rounds after warm-up, for a 1x3x256x256 input (the NTIRE setting) and for
+  a 480x270 input (a 1920x1080 output). Each round times every path once, in turn, and a GEMM, so the
+  machine's drift (a shared VM here: 10-30 % over minutes) hits all of them alike;
+- ratio to reference: median over rounds of back-end latency / eager NCHW fp32 latency of the same round;
+- ratio to bound: median over rounds of latency / (2 · MACs / GEMM rate of the same round). The GEMM rate is
+  the best fp32 rate torch reaches here: square sizes 512-4096 are tried first and the fastest size is the one
+  timed each round (best of three products);
 - precision cost: mean Y-PSNR change vs fp32 on Set5 and the first ``--b100`` images of B100 (x4);
 - tiled 4K: peak RSS of a fresh process upscaling 960x540 x4 with ``--tile`` (and its max difference to
   the untiled output).
@@ -49,24 +52,41 @@ PATHS = [
 ]
 
 
-def gemm_rate(size: int = 2048, repeats: int = 10) -> float:
-    """Best sustained fp32 GEMM FLOP/s torch reaches on this machine (largest of ``repeats`` timings)."""
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    a @ b
-    best = min(_time(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best
+class Gemm:
+    """fp32 matrix products at the size where torch is fastest on this machine."""
+
+    def __init__(self, sizes: tuple[int, ...] = (512, 1024, 1536, 2048, 3072, 4096)) -> None:
+        self.size = max(sizes, key=lambda n: self._rate(n, repeats=5))
+
+    @staticmethod
+    def _rate(size: int, repeats: int) -> float:
+        a, b = torch.rand(size, size), torch.rand(size, size)
+        a @ b
+        return 2 * size**3 / min(_time(lambda: a @ b) for _ in range(repeats))
+
+    def rate(self) -> float:
+        """FLOP/s now: the best of three products at the chosen size."""
+        return self._rate(self.size, repeats=3)
 
 
-def _time(fn) -> float:
+def _time(fn, *args) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
-def latency(runner, x: torch.Tensor, runs: int) -> float:
-    for _ in range(3):  # compiled paths specialise on the first shapes they see
-        runner(x)
-    return statistics.median(_time(lambda: runner(x)) for _ in range(runs))
+def interleaved(runners: dict, x: torch.Tensor, gemm: Gemm, rounds: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Per-round latencies of every runner and the GEMM rate of each round (all timed in turn)."""
+    for runner in runners.values():
+        for _ in range(3):  # compiled paths specialise on the first shapes they see
+            runner(x)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    rates = []
+    for _ in range(rounds):
+        rates.append(gemm.rate())
+        for name, runner in runners.items():
+            times[name].append(_time(runner, x))
+    return times, rates
 
 
 def psnr_change(model, runner, reference, sets: dict[str, int]) -> dict[str, float]:
@@ -81,6 +101,16 @@ def psnr_change(model, runner, reference, sets: dict[str, int]) -> dict[str, flo
             deltas.append(psnr_y(got, hr, 4) - psnr_y(want, hr, 4))
         out[name] = float(np.mean(deltas))
     return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def tiled_4k_child(weights: str, tile: int) -> None:
@@ -106,7 +136,7 @@ def tiled_4k_child(weights: str, tile: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="dscf")
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=11, help="timing rounds (every path and a GEMM each round)")
     parser.add_argument("--b100", type=int, default=30, help="B100 images for the precision cost")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--json", default="benchmarks/results/infer.json")
@@ -119,30 +149,42 @@ def main() -> None:
 
     model, _ = load_model(resolve(args.weights))
     device = torch.device("cpu")
-    rate = gemm_rate()
+    gemm = Gemm()
     inputs = {"256x256": torch.rand(1, 3, 256, 256), "1920x1080_out": torch.rand(1, 3, 270, 480)}
     macs = {k: conv_statistics(model, tuple(v.shape))["macs"] for k, v in inputs.items()}
     runners = {f"{b}/{p}": make_runner(model, b, device, p)[0] for b, p in PATHS}
     results: dict = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "gemm_gflops": rate / 1e9,
+        "gemm_size": gemm.size,
+        "rounds": args.runs,
         "paths": {},
     }
+    all_rates = []
     for label, x in inputs.items():
-        bound = 2 * macs[label] / rate
-        times = {name: latency(r, x, args.runs) for name, r in runners.items()}
+        times, rates = interleaved(runners, x, gemm, args.runs)
+        all_rates += rates
+        bounds = [2 * macs[label] / r for r in rates]
         ref = times["torch/fp32"]
         for name, t in times.items():
             row = results["paths"].setdefault(name, {})
-            row[label] = {"latency_ms": t * 1e3, "speedup_vs_reference": ref / t, "ratio_to_bound": t / bound}
-        results.setdefault("bound_ms", {})[label] = bound * 1e3
+            row[label] = {
+                "latency_ms": statistics.median(t) * 1e3,
+                "speedup_vs_reference": statistics.median(r / v for r, v in zip(ref, t, strict=True)),
+                "ratio_to_bound": statistics.median(v / b for v, b in zip(t, bounds, strict=True)),
+            }
+        results.setdefault("bound_ms", {})[label] = statistics.median(bounds) * 1e3
+    rate = statistics.median(all_rates)
+    results["gemm_gflops"] = rate / 1e9
     reference = runners["torch/fp32"]
-    for name in [n for n in runners if not n.endswith("fp32")]:
-        results["paths"][name]["psnr_y_change_db"] = psnr_change(
-            model, runners[name], reference, {"Set5": 5, "B100": args.b100}
-        )
+    # every benchmark image has its own size: let the compiled paths compile each (past dynamo's default
+    # limit of 8 shapes they would quietly fall back to eager and measure another path's arithmetic)
+    with torch._dynamo.config.patch(recompile_limit=64):
+        for name in [n for n in runners if not n.endswith("fp32")]:
+            results["paths"][name]["psnr_y_change_db"] = psnr_change(
+                model, runners[name], reference, {"Set5": 5, "B100": args.b100}
+            )
     child = subprocess.run(
         [sys.executable, __file__, "--tiled-4k-child", "--weights", args.weights, "--tile", str(args.tile)],
         capture_output=True,
@@ -152,7 +194,7 @@ def main() -> None:
     results["tiled_960x540_to_4k"] = {"tile": args.tile, **json.loads(child.stdout.strip().splitlines()[-1])}
 
     print(
-        f"GEMM {rate / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} threads; bound "
+        f"GEMM {rate / 1e9:.0f} GFLOP/s (median of rounds, {gemm.size}^2), {torch.get_num_threads()} threads; bound "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in results["bound_ms"].items())
     )
     print(

@@ -20,7 +20,7 @@ from conftest import benchmark_set, official_weight
 from dsclora.checkpoints import load_model
 from dsclora.cli import main
 from dsclora.data.imresize import imresize
-from dsclora.inference import tiled_forward
+from dsclora.inference import forward_shapes, tile_windows, tiled_forward
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,26 @@ def test_tiled_equals_untiled() -> None:
     assert (whole - tiled).abs().max().item() <= 1e-4
     too_little = tiled_forward(model, x, 4, tile=24, overlap=2)
     assert (whole - too_little).abs().max().item() > 1e-3  # the overlap really matters
+
+
+def test_tile_windows_keep_one_shape_and_enough_context() -> None:
+    # worked by hand: size 10, tile 4, overlap 2 -> windows of 8 starting at 0, 2, 2
+    assert tile_windows(10, 4, 2) == [(0, 4, 0), (4, 8, 2), (8, 10, 2)]
+    for size in range(1, 60):
+        for tile, overlap in ((7, 3), (16, 0), (5, 21)):
+            span = min(tile + 2 * overlap, size)
+            cores = tile_windows(size, tile, overlap)
+            assert [c[0] for c in cores] == list(range(0, size, tile)) and cores[-1][1] == size
+            for start, end, window in cores:
+                assert window >= 0 and window + span <= size
+                assert start - window >= overlap or window == 0
+                assert window + span - end >= overlap or window + span == size
+
+
+def test_forward_shapes_counts_windows() -> None:
+    # 100x50 in tiles of 32 with 4 of overlap: 4 x 2 windows of 40x40; 30x30 fits in one tile, runs whole
+    assert forward_shapes([(100, 50), (30, 30), (100, 50)], 32, 4) == {(40, 40): 16, (30, 30): 1}
+    assert forward_shapes([(100, 50)], 0, 4) == {(100, 50): 1}
 
 
 def test_upscale_cli_tiling_matches(capsys, tmp_path: Path, photo_png: Path) -> None:

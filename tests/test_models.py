@@ -10,6 +10,7 @@ from torch import nn
 from dsclora import SPAN, DSCLoRA, DSCLoRAConfig, LoRAConv2d, LoraSpec, SpanConfig, inject_lora, to_deploy
 from dsclora.lora import lora_parameters, mark_only_lora_trainable
 from dsclora.models.conv3xc import Conv3XC
+from dsclora.models.fused_span import FusedSPAN
 from dsclora.profiling import conv_statistics, count_parameters
 
 
@@ -186,3 +187,21 @@ def test_forward_features_are_block_outputs_and_conv2() -> None:
         h.remove()
     assert len(features) == 4 and all(torch.equal(a, b) for a, b in zip(features, captured, strict=True))
     assert sr.shape == (1, 3, 20, 20)
+
+
+@pytest.mark.parametrize(("channels", "blocks", "scale"), [(26, 6, 4), (10, 1, 3)])
+def test_fused_span_equals_span_with_fewer_macs(channels: int, blocks: int, scale: int) -> None:
+    base = realistic(SPAN(SpanConfig(channels=channels, blocks=blocks, scale=scale)))
+    student = DSCLoRA.from_span(base, DSCLoRAConfig(block_rank=2, block_alpha=4, tail_rank=4, tail_alpha=8))
+    with torch.no_grad():
+        for p in lora_parameters(student):
+            p.normal_(0, 0.02)
+    fused = FusedSPAN.from_span(student)  # training form with live LoRA factors: deployed on the way
+    x = torch.rand(1, 3, 19, 23)
+    with torch.no_grad():
+        assert (fused(x) - student(x)).abs().max().item() <= 1e-5
+    assert not any(isinstance(m, LoRAConv2d) or getattr(m, "deploy", True) is False for m in fused.modules())
+    # hand count: conv_2 (9c²) + conv_cat (4c²) become W_t∘conv_2 (9c²), W_h∘conv_1 (27c) and two 1x1 (2c²)
+    c = channels
+    saved = (4 * c * c - 2 * c * c - 3 * 9 * c) * 256 * 256
+    assert conv_statistics(fused)["macs"] == expected_macs(c, blocks, scale, 256, 256) - saved

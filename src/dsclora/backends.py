@@ -1,36 +1,36 @@
 """Ways to run a deploy-form SPAN fast: eager NCHW (the reference), channels_last, torch.compile, ONNX Runtime,
 and reduced-precision policies. ``make_runner`` returns a callable NCHW float32 -> NCHW float32.
 
+Every path but the reference runs ``FusedSPAN`` (same function, no channel concatenation; see its module).
 Measured on this project's 2-core CPU (benchmarks/infer.py): NHWC (channels_last) suits oneDNN's 26-channel
-convs; torch.compile with Inductor's weight freezing (constant-folded, pre-packed conv weights) adds element-wise
-fusion on top. Plain bf16 autocast is ~3x faster than eager fp32 but quantises every tensor, the output too,
-to an 8-bit mantissa (about half a grey level), which costs 0.01-0.016 dB Y-PSNR. ``bf16-accurate`` runs only
-the 18 block convs in bf16 and keeps their outputs, every element-wise op and the four head / tail convs
-(conv_1 on the x255 input, conv_cat, conv_2, upsampler) in fp32: within 0.005 dB of fp32; compiled, it is
-also ~3x faster than eager fp32.
+convs; torch.compile with Inductor's weight freezing (constant-folded, pre-packed conv weights, SiLU and adds
+fused into the convs as oneDNN post-ops) removes most element-wise passes. Freezing is an Inductor config
+that must be active while a graph compiles, so the compiled runner patches it around every call (a per-call
+``torch.compile(options=...)`` does not reach it). Plain bf16 autocast is ~3x faster than eager fp32 but
+quantises every tensor, the output too, to an 8-bit mantissa (about half a grey level), which costs
+0.01-0.016 dB Y-PSNR. ``bf16-accurate`` runs only the 18 block convs in bf16 and keeps their outputs, every
+element-wise op and the head / tail convs (conv_1 on the x255 input, the conv_cat terms, upsampler) in fp32:
+within 0.005 dB of fp32; compiled, it is also ~3x faster than eager fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
-import json
-import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from dsclora.errors import DscloraError
+from dsclora.models.fused_span import FusedSPAN
 from dsclora.models.span import SPAN
-from dsclora.utils import user_cache_dir
 
 BACKENDS = ("auto", "torch", "channels_last", "compile", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "bf16-accurate", "fp16")
 Runner = Callable[[torch.Tensor], torch.Tensor]
-FP32_CONVS = ("conv_1", "conv_cat", "conv_2", "upsampler")  # kept in fp32 by bf16-accurate
 
 
 class _Float32(nn.Module):
@@ -56,15 +56,19 @@ class _Float32Output(nn.Module):
         return self.conv(x).float()
 
 
-def accurate_bf16_copy(model: SPAN) -> SPAN:
-    """A copy for ``bf16-accurate``: head / tail convs fp32, block convs bf16 with fp32 outputs."""
+def accurate_bf16_copy(model: nn.Module) -> nn.Module:
+    """A copy for ``bf16-accurate``: convs inside the blocks bf16 with fp32 outputs, all others fp32.
+
+    Works on SPAN (``block_1`` ...) and FusedSPAN (``blocks.0`` ...) alike: block convs are those whose
+    name starts with ``block``.
+    """
     work = copy.deepcopy(model)
     for name, module in list(work.named_modules()):
         if isinstance(module, nn.Conv2d):
             parent_name, _, child = name.rpartition(".")
             parent = work.get_submodule(parent_name) if parent_name else work
-            keep = name.startswith(FP32_CONVS)
-            setattr(parent, child, _Float32(module) if keep else _Float32Output(module))
+            in_block = name.startswith("block")
+            setattr(parent, child, _Float32Output(module) if in_block else _Float32(module))
     return work
 
 
@@ -72,15 +76,22 @@ def _autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "bf16-accurate": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _torch_runner(model: nn.Module, device: torch.device, precision: str, channels_last: bool) -> Runner:
+def _torch_runner(
+    model: nn.Module, device: torch.device, precision: str, channels_last: bool, freezing: bool = False
+) -> Runner:
     dtype = _autocast_dtype(precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if freezing:
+        import torch._inductor.config as inductor_config  # pulls in dynamo (~1 s): only for compile
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device).contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with (
+            inductor_config.patch(freezing=True) if freezing else contextlib.nullcontext(),
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
             return model(x).float().contiguous()
 
     return run
@@ -128,66 +139,19 @@ def make_runner(model: SPAN, backend: str, device: torch.device, precision: str 
         raise DscloraError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
     if precision == "fp16" and device.type == "cpu":
         raise DscloraError("--precision fp16 needs a GPU; on CPU use bf16 or bf16-accurate")
-    model = copy.deepcopy(model).eval()  # memory formats and wrappers must not leak into the caller's model
-    if precision == "bf16-accurate":
-        model = accurate_bf16_copy(model)
     if backend == "auto":
-        backend = fastest_exact_backend(model, device) if precision == "fp32" else "channels_last"
+        from dsclora.autotune import choose
+
+        backend = choose(model, device)[0] if precision == "fp32" else "channels_last"
+    # copies: memory formats and wrappers must not leak into the caller's model
+    work = copy.deepcopy(model).eval() if backend == "torch" else FusedSPAN.from_span(model)
+    for param in work.parameters():
+        param.requires_grad_(False)
+    if precision == "bf16-accurate":
+        work = accurate_bf16_copy(work)
     if backend == "onnxruntime":
-        return _onnxruntime_runner(model, device, precision), backend
+        return _onnxruntime_runner(work, device, precision), backend
     if backend == "compile":
-        # freezing: weights become constants, so Inductor pre-packs the convs (inference only)
-        compiled = torch.compile(model.to(memory_format=torch.channels_last), options={"freezing": True})
-        return _torch_runner(compiled, device, precision, channels_last=True), backend
-    return _torch_runner(model, device, precision, channels_last=backend == "channels_last"), backend
-
-
-# --------------------------------------------------------------------------------------------- auto
-
-
-def _auto_cache() -> Path:
-    return user_cache_dir("auto_backend.json")
-
-
-def _candidates() -> list[str]:
-    names = ["torch", "channels_last"]
-    try:
-        import onnxruntime  # noqa: F401
-
-        names.append("onnxruntime")
-    except ImportError:
-        pass
-    return names
-
-
-def fastest_exact_backend(model: SPAN, device: torch.device, size: int = 128, repeats: int = 3) -> str:
-    """Time each exact fp32 path once per machine (cached by device, threads, versions, width)."""
-    key = f"{device}|{torch.get_num_threads()}|{torch.__version__}|C{model.config.channels}|{'+'.join(_candidates())}"
-    cache = _auto_cache()
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
-    x = torch.rand(1, model.config.in_channels, size, size, device=device)
-    timings = {}
-    for name in _candidates():
-        runner, _ = make_runner(copy.deepcopy(model), name, device)
-        runner(x)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            runner(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        timings[name] = best
-    choice = min(timings, key=timings.get)
-    known[key] = choice
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=1))
-    except OSError:
-        pass
-    return choice
+        compiled = torch.compile(work.to(memory_format=torch.channels_last))
+        return _torch_runner(compiled, device, precision, channels_last=True, freezing=True), backend
+    return _torch_runner(work, device, precision, channels_last=backend == "channels_last"), backend

@@ -28,7 +28,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser, tiling: bool = True) -
         "--backend",
         default="auto",
         choices=["auto", "torch", "channels_last", "compile", "onnxruntime"],
-        help="how the network runs: auto (the fastest exact fp32 path, measured once per machine and printed), "
+        help="how the network runs: auto (the fastest exact fp32 path, measured once per machine and printed; "
+        "compile when the job is big enough to repay compiling, e.g. a folder upscaled with --tile), "
         "torch (eager NCHW reference), channels_last, compile (torch.compile), onnxruntime",
     )
     parser.add_argument(
@@ -185,14 +186,21 @@ def _version() -> str:
 # ------------------------------------------------------------------------------------------------ upscale
 
 
-def _runner(model, spec, args: argparse.Namespace, device) -> tuple:
-    """(callable running the network per --backend / --precision, resolved backend); bicubic runs as it is."""
+def _runner(model, spec, args: argparse.Namespace, device, shapes=None) -> tuple:
+    """(callable running the network per --backend / --precision, resolved backend); bicubic runs as it is.
+
+    ``shapes`` (LR input shape -> forwards) describes the job, so ``auto`` can weigh compiling against it.
+    """
+    from dsclora.autotune import choose
     from dsclora.backends import make_runner
 
     if spec is None:
         return model, "bicubic"
-    runner, backend = make_runner(model, args.backend, device, args.precision)
-    note = " (auto: fastest exact fp32 path measured on this machine)" if args.backend == "auto" else ""
+    backend, note = args.backend, ""
+    if backend == "auto" and args.precision == "fp32":
+        backend, why = choose(model, device, shapes)
+        note = f" (auto: {why})"
+    runner, backend = make_runner(model, backend, device, args.precision)
     print(f"backend: {backend}, precision {args.precision}{note}", file=sys.stderr)
     return runner, backend
 
@@ -229,8 +237,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dsclora.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, write_image
-    from dsclora.inference import resolve_device, upscale_image
+    from dsclora.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_size, read_image, write_image
+    from dsclora.inference import forward_shapes, resolve_device, upscale_image
     from dsclora.loading import load_for_inference
 
     ext = "." + args.ext.lower().lstrip(".")
@@ -244,8 +252,11 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         raise DscloraError(f"several inputs would write {sorted(clashes)[0]}; rename them or use separate runs")
     device = resolve_device(args.device)
     model, scale, spec = load_for_inference(args.weights, device)
-    runner, _ = _runner(model, spec, args, device)
     overlap = _overlap(args, spec)
+    shapes = None
+    if args.backend == "auto" and spec is not None:
+        shapes = forward_shapes([s for s in map(image_size, files) if s], args.tile, overlap)
+    runner, _ = _runner(model, spec, args, device, shapes)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     failures = 0
 
@@ -340,7 +351,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     model, scale, spec = load_for_inference(args.weights, device)
     if spec is None:
         raise DscloraError("profile needs a network, not bicubic")
-    runner, backend = _runner(model, spec, args, device)
+    runner, backend = _runner(model, spec, args, device, {(h, w): args.warmup + args.runs})
     figures = profile(model, runner, (1, spec.span.in_channels, h, w), args.runs, args.warmup)
     figures = {
         "weights": args.weights or "default",

@@ -1,13 +1,16 @@
 """Running a model on images: tiling with exact seams, and the bicubic pseudo-model.
 
-Tiling: each LR tile is extended by ``overlap`` pixels on every side (clipped at the image edge), run, and
-only its own region is kept. A SPAN output pixel depends on ``3·blocks + 3`` LR pixels each side (one per
-chained 3x3 conv), so an overlap at least that large makes the tiled result equal the untiled one up to
-float rounding; at the image edge a tile sees the same zero padding the whole image would.
+Tiling: the LR image is cut into ``tile``-sized cores; each runs inside a window reaching ``overlap`` pixels
+further on every side, and only the core's output is kept. A SPAN output pixel depends on ``3·blocks + 3`` LR
+pixels each side (one per chained 3x3 conv), so an overlap at least that large makes the tiled result equal
+the untiled one up to float rounding. Windows at the image edge shift inward instead of shrinking: a window
+that touches the edge sees the same zero padding the whole image would, and every window of an image has the
+same shape, so a compiled back-end compiles once per image size (oneDNN also reuses its primitives).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -69,21 +72,39 @@ def tiled_forward(
     if tile == 0 or (h <= tile and w <= tile):
         return model(x).float()
     out = None
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            py1, px1 = min(y1 + overlap, h), min(x1 + overlap, w)
-            sr = model(x[:, :, py0:py1, px0:px1]).float()
+    for y0, y1, wy in tile_windows(h, tile, overlap):
+        for x0, x1, wx in tile_windows(w, tile, overlap):
+            sr = model(x[:, :, wy : wy + min(tile + 2 * overlap, h), wx : wx + min(tile + 2 * overlap, w)]).float()
             if out is None:
                 out = sr.new_empty(x.shape[0], sr.shape[1], h * scale, w * scale)
-            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+            oy, ox = (y0 - wy) * scale, (x0 - wx) * scale
             out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
                 :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
             ]
             if on_tile is not None:
                 on_tile()
     return out
+
+
+def forward_shapes(sizes: list[tuple[int, int]], tile: int, overlap: int) -> Counter[tuple[int, int]]:
+    """How many forwards of each input shape ``tiled_forward`` runs for images of these (height, width)."""
+    shapes: Counter[tuple[int, int]] = Counter()
+    for h, w in sizes:
+        if tile == 0 or (h <= tile and w <= tile):
+            shapes[h, w] += 1
+        else:
+            shapes[min(tile + 2 * overlap, h), min(tile + 2 * overlap, w)] += -(-h // tile) * -(-w // tile)
+    return shapes
+
+
+def tile_windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(core start, core end, window start) along one axis; every window spans ``min(tile + 2·overlap, size)``.
+
+    A window starts ``overlap`` before its core, shifted inward at the edges: a core then always has
+    ``overlap`` pixels of context on each side or reaches the image edge on that side.
+    """
+    span = min(tile + 2 * overlap, size)
+    return [(s, min(s + tile, size), min(max(s - overlap, 0), size - span)) for s in range(0, size, tile)]
 
 
 def upscale_image(

@@ -152,6 +152,18 @@ def write_image(path: str | os.PathLike, image: LoadedImage, quality: int = 95) 
         raise DscloraError(f"cannot write {path}: {exc}") from None
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) as ``read_image`` will see it (EXIF rotation applied), from the header only; None if
+    the file cannot be opened (reading it later reports why)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return (w, h) if rotated else (h, w)
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder`` (sorted by name; hidden files skipped)."""
     folder = Path(folder)
