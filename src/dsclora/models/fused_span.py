@@ -78,4 +78,5 @@ class FusedSPAN(nn.Module):
                 joined = self.first_block_proj(out) + joined
         joined = self.act_proj(act) + joined
         joined = self.tail_proj(out) + joined
-        return self.upsampler(joined)
+        # NCHW out whatever the memory format inside: compiled, the layout change fuses into the pixel shuffle
+        return self.upsampler(joined).contiguous()
