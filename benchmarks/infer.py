@@ -18,6 +18,7 @@ compute bound; the PSNR cost of each reduced precision; peak memory of a tiled 9
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -103,6 +104,32 @@ def psnr_change(model, runner, reference, sets: dict[str, int]) -> dict[str, flo
     return out
 
 
+def _conv_ignoring_input(x: torch.Tensor, w: torch.Tensor, _input: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.conv2d(x, w, padding=1)
+
+
+def conv_width_floor(channels: int, gemm: Gemm, rounds: int, size: int = 256) -> dict[str, float]:
+    """One NHWC 3x3 conv, ``channels`` -> ``channels``, and one of the next multiple of 16, against the bound.
+
+    oneDNN vectorises output channels 16 at a time, so a 26-wide conv pays for 32 lanes: this is the floor
+    under any whole-network ratio to the bound for the exact (fp32) paths.
+    """
+    widths = {str(channels): channels, str(-(-channels // 16) * 16): -(-channels // 16) * 16}
+    convs = {}
+    for name, c in widths.items():
+        x = torch.rand(1, c, size, size).contiguous(memory_format=torch.channels_last)
+        w = torch.rand(c, c, 3, 3).contiguous(memory_format=torch.channels_last)
+        convs[name] = functools.partial(_conv_ignoring_input, x, w)
+    with torch.inference_mode():
+        times, rates = interleaved(convs, torch.empty(0), gemm, rounds)
+    return {
+        f"C{name}": statistics.median(
+            t / (2 * c * c * 9 * size * size / r) for t, r in zip(times[name], rates, strict=True)
+        )
+        for name, c in widths.items()
+    }
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -177,6 +204,7 @@ def main() -> None:
         results.setdefault("bound_ms", {})[label] = statistics.median(bounds) * 1e3
     rate = statistics.median(all_rates)
     results["gemm_gflops"] = rate / 1e9
+    results["single_conv_ratio_to_bound"] = conv_width_floor(model.config.channels, gemm, args.runs)
     reference = runners["torch/fp32"]
     # every benchmark image has its own size: let the compiled paths compile each (past dynamo's default
     # limit of 8 shapes they would quietly fall back to eager and measure another path's arithmetic)
@@ -208,6 +236,10 @@ def main() -> None:
             f"{name:<30}{a['latency_ms']:>9.1f}{a['speedup_vs_reference']:>7.2f}{a['ratio_to_bound']:>8.2f}"
             f"{b['latency_ms']:>10.1f}{b['speedup_vs_reference']:>7.2f}{b['ratio_to_bound']:>8.2f}  {note}"
         )
+    print(
+        "one 3x3 NHWC conv at 256x256 vs its bound: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in results["single_conv_ratio_to_bound"].items())
+    )
     t4k = results["tiled_960x540_to_4k"]
     print(
         f"tiled 960x540 -> 3840x2160 (tile {args.tile}): peak RSS {t4k['peak_rss_mib']:.0f} MiB, "

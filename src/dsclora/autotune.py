@@ -55,7 +55,7 @@ def _timed(runner, x: torch.Tensor, device: torch.device, repeats: int) -> tuple
 class Timings:
     """Cached per-machine timings: seconds per megapixel of each path, and compile's one-off cost."""
 
-    def __init__(self, model, device: torch.device, size: int = 128, repeats: int = 3) -> None:
+    def __init__(self, model, device: torch.device, size: int = 256, repeats: int = 3) -> None:
         self.model, self.device, self.size, self.repeats = model, device, size, repeats
         self.key = "|".join(
             [str(device), str(torch.get_num_threads()), torch.__version__, f"C{model.config.channels}", *_available()]
