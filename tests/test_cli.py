@@ -363,3 +363,26 @@ def test_convert_round_trip_is_exact(capsys, tmp_path: Path, fmt: str) -> None:
     raw = torch.load(train_file, weights_only=True) if fmt == "pth" else None
     if raw is not None:
         assert {"conv_1.sk.weight", "block_1.c1_r.conv.0.weight", "block_1.c1_r.eval_conv.weight"} <= set(raw)
+
+
+def test_upscale_auto_weighs_the_job_and_says_why(capsys, monkeypatch, tmp_path: Path, photo_png: Path) -> None:
+    from dsclora import autotune
+
+    official_weight("dscf")
+    seen = []
+    real_choose = autotune.choose
+
+    def spy(model, device, shapes=None):
+        seen.append(dict(shapes or {}))
+        return real_choose(model, device, shapes)
+
+    monkeypatch.setattr(autotune, "choose", spy)
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "a"), "--weights", "dscf")
+    assert code == 0, err
+    assert "(auto: fastest eager fp32 path measured on this machine)" in err
+    # 80x64 image, tiles of 32 with DSCF's 21-pixel overlap: 2 x 3 windows of 64x74 (clipped to the height)
+    code, _, err = run_cli(
+        capsys, "upscale", str(photo_png), "-o", str(tmp_path / "b"), "--weights", "dscf", "--tile", "32"
+    )
+    assert code == 0, err
+    assert seen == [{(64, 80): 1}, {(64, 74): 6}]
