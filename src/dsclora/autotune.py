@@ -21,13 +21,13 @@ import torch
 
 from dsclora.utils import user_cache_dir
 
-EAGER_PATHS = ("torch", "channels_last", "onnxruntime")
 MAX_COMPILED_SHAPES = 8  # torch._dynamo.config.recompile_limit: past it, dynamo falls back to eager
 MIN_JOB_SECONDS = 30.0  # below this, a compile (seconds per shape) cannot pay for itself
 Shapes = Mapping[tuple[int, int], int]  # LR (height, width) -> forwards of that shape
 
 
 def _available() -> list[str]:
+    """The eager paths this install can run."""
     names = ["torch", "channels_last"]
     try:
         import onnxruntime  # noqa: F401

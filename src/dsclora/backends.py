@@ -6,9 +6,10 @@ Measured on this project's 2-core CPU (benchmarks/infer.py): NHWC (channels_last
 convs; torch.compile with Inductor's weight freezing (constant-folded, pre-packed conv weights, SiLU and adds
 fused into the convs as oneDNN post-ops) removes most element-wise passes. Freezing is an Inductor config
 that must be active while a graph compiles, so the compiled runner patches it around every call (passed as
-``torch.compile(options={"freezing": True})`` it left the convs unfrozen with torch 2.13: 10 % slower). Plain bf16 autocast is ~3x faster than eager fp32 but
-quantises every tensor, the output too, to an 8-bit mantissa (about half a grey level), which costs
-0.01-0.016 dB Y-PSNR. ``bf16-accurate`` keeps in fp32 the convs that read the x255-scaled input (conv_1 and
+``torch.compile(options={"freezing": True})`` it left the convs unfrozen with torch 2.13: 10 % slower).
+
+Plain bf16 autocast is ~3x faster than eager fp32 but quantises every tensor, the output too, to an 8-bit
+mantissa (about half a grey level), which costs 0.01-0.016 dB Y-PSNR. ``bf16-accurate`` keeps in fp32 the convs that read the x255-scaled input (conv_1 and
 its folded conv_cat term) and the upsampler that writes the output; the other convs run in bf16 but hand
 fp32 on, and every element-wise op stays fp32: within 0.005 dB of fp32 on Set5 and B100 (measured: moving
 the conv_2 / conv_cat terms to bf16 too changes nothing measurable); compiled, ~3x faster than eager fp32.

@@ -72,9 +72,10 @@ def tiled_forward(
     if tile == 0 or (h <= tile and w <= tile):
         return model(x).float()
     out = None
+    span_h, span_w = min(tile + 2 * overlap, h), min(tile + 2 * overlap, w)
     for y0, y1, wy in tile_windows(h, tile, overlap):
         for x0, x1, wx in tile_windows(w, tile, overlap):
-            sr = model(x[:, :, wy : wy + min(tile + 2 * overlap, h), wx : wx + min(tile + 2 * overlap, w)]).float()
+            sr = model(x[:, :, wy : wy + span_h, wx : wx + span_w]).float()
             if out is None:
                 out = sr.new_empty(x.shape[0], sr.shape[1], h * scale, w * scale)
             oy, ox = (y0 - wy) * scale, (x0 - wx) * scale
