@@ -44,6 +44,7 @@ from dsclora.data.io import to_uint8
 from dsclora.inference import tiled_forward
 from dsclora.metrics import psnr_y
 from dsclora.profiling import conv_statistics, rss_kib
+from dsclora.utils import atomic_write
 from dsclora.weights import resolve
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -129,7 +130,7 @@ def interleaved(runners: dict, x: torch.Tensor, gemm: Gemm, rounds: int) -> tupl
     return times, rates
 
 
-def psnr_change(model, runner, reference, sets: dict[str, int]) -> dict[str, float]:
+def psnr_change(runner, reference, sets: dict[str, int]) -> dict[str, float]:
     out = {}
     for name, limit in sets.items():
         deltas = []
@@ -296,7 +297,7 @@ def main() -> None:
     with torch._dynamo.config.patch(recompile_limit=64):
         for name in [n for n in runners if not n.endswith("fp32")]:
             results["paths"][name]["psnr_y_change_db"] = psnr_change(
-                model, runners[name], reference, {"Set5": 5, "B100": args.b100}
+                runners[name], reference, {"Set5": 5, "B100": args.b100}
             )
     if cuda:
         results["gemm_fp16_tflops"] = Gemm(sizes=(4096, 8192), dtype=torch.float16).rate() / 1e12
@@ -348,8 +349,8 @@ def main() -> None:
             f"tiled 960x540 -> 3840x2160 (tile {args.tile}): peak RSS {t4k['peak_rss_mib']:.0f} MiB, "
             f"max |tiled - untiled| {t4k['max_abs_diff_vs_untiled']:.1e}"
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    with atomic_write(args.json) as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

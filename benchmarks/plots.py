@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dsclora.utils import atomic_write
+
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
@@ -55,8 +57,8 @@ def line_chart(
     draw.text((left, 10), title, fill="black")
     draw.text(((width - len(xlabel) * 6) / 2, height - 18), xlabel, fill="black")
     draw.text((4, 20), ylabel, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def image_grid(rows: list[list[np.ndarray]], labels: list[str], path: Path, zoom: int = 2) -> None:
@@ -71,5 +73,5 @@ def image_grid(rows: list[list[np.ndarray]], labels: list[str], path: Path, zoom
         for c, crop in enumerate(row):
             big = Image.fromarray(crop).resize((tw, th), Image.Resampling.NEAREST)
             canvas.paste(big, (gap + c * (tw + gap), head + gap + r * (th + gap)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    with atomic_write(path) as tmp:
+        canvas.save(tmp, format="PNG")

@@ -22,6 +22,7 @@ from dsclora.data.io import read_uint8_rgb
 from dsclora.evaluate import evaluate_dataset
 from dsclora.inference import Bicubic
 from dsclora.loading import load_for_inference
+from dsclora.utils import atomic_write
 
 SETS = ("Set5", "Set14", "B100")
 
@@ -71,8 +72,8 @@ def main() -> None:
                 flush=True,
             )
     out["seconds"] = time.time() - start
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    with atomic_write(args.json) as tmp:
+        tmp.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

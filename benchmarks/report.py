@@ -28,6 +28,7 @@ from dsclora.data.imresize import imresize
 from dsclora.evaluate import super_resolve_uint8
 from dsclora.loading import embedded_weights
 from dsclora.profiling import conv_statistics, count_parameters, measure_latency
+from dsclora.utils import atomic_write
 from dsclora.weights import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -322,7 +323,8 @@ def main() -> None:
         + " over the same base, after training on DIV2K + LSDIR at GPU scale."
     )
     text.append("")
-    (DOCS / "results.md").write_text("\n".join(text) + "\n")
+    with atomic_write(DOCS / "results.md") as tmp:
+        tmp.write_text("\n".join(text) + "\n")
     print(f"wrote {DOCS / 'results.md'}")
 
 

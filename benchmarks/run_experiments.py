@@ -25,6 +25,7 @@ from dsclora.checkpoints import load_model
 from dsclora.evaluate import evaluate_dataset
 from dsclora.train.config import load_config
 from dsclora.train.loop import Trainer
+from dsclora.utils import atomic_write
 from dsclora.weights import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +61,8 @@ def curve(run_dir: Path) -> list[dict]:
 
 
 def write(name: str, payload: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    with atomic_write(RESULTS / f"{name}.json") as tmp:  # a killed run must not leave a "done" half-file
+        tmp.write_text(json.dumps(payload, indent=1))
 
 
 def weight_change(final: Path, base: str) -> float:

@@ -30,6 +30,7 @@ from dsclora.profiling import reset_peak_rss, rss_kib
 from dsclora.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from dsclora.train.data import PatchDataset, training_images
 from dsclora.train.loop import Trainer
+from dsclora.utils import atomic_write
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN_DIR = SHARED / "data" / "train" / "BSD200"
@@ -155,8 +156,8 @@ def main() -> None:
             f"{name:<10}{row['sec_per_step_median']:>9.3f}{row['ratio_to_finetune']:>12.3f}"
             f"{row['first_step_peak_memory_mib']:>10.0f}{row['trainable_params']:>11,}"
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    with atomic_write(args.json) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
