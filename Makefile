@@ -1,8 +1,11 @@
 # Two entry points (see README): `make demo` sets up and upscales sample photos; `make test` runs the tests.
 PYTHON      ?= python3
 VENV        ?= .venv
-# CPU torch by default; GPU users: make setup TORCH="torch" CONSTRAINTS=/dev/null (or their own pins)
+# torch==2.13.0 by default. On an ordinary Linux box PyPI's torch is a CUDA build (~2.7 GB); for the CPU build
+# point TORCH_INDEX at PyTorch's CPU wheels: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# GPU users: make setup TORCH="torch" CONSTRAINTS=/dev/null (or their own pins).
 TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 CONSTRAINTS ?= constraints.txt
 SHARED      ?= ../shared
 BIN         := $(VENV)/bin
@@ -19,7 +22,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) "$(TORCH)"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
 	# spandrel is a reference for the export tests only; without its deps (it pulls torchvision otherwise)
 	$(BIN)/python -m pip install -q --no-deps "spandrel==0.4.2"

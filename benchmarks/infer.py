@@ -10,13 +10,17 @@ compute bound; the PSNR cost of each reduced precision; peak memory of a tiled 9
   repeated for 0.2 s, three passes) and the fastest size is the one timed each round;
 - precision cost: mean Y-PSNR change vs fp32 on Set5 and the first ``--b100`` images of B100 (x4);
 - tiled 4K: peak RSS of a fresh process upscaling 960x540 x4 with ``--tile`` (and its max difference to
-  the untiled output).
+  the untiled output);
+- tiling cost: time of a tiled 600x400 upscale (tiles of 128 and 64, the model's receptive radius as overlap)
+  over the untiled time for each eager path, beside the share the overlap alone explains (pixels computed in
+  all windows / pixels of the image).
 
 ``--device cuda`` runs the same on a GPU: fp32 (IEEE convs, no TF32) and fp16 paths, compile with CUDA graphs,
-every timing synchronised; instead of the tiled-RSS figure it records the GPU's peak allocation for an untiled
-960x540 -> 4K upscale, and it adds the NTIRE-style runtime: CUDA events around each forward, mean over
-``--ntire-images`` inputs of a DIV2K-valid LR size (510x339), as the NTIRE 2025 ESR kit measures it (the
-published DSCLoRA figure, 8.37 ms, is from an RTX A6000).
+every timing synchronised, plus the network zero-padded to 32 channels (``runtime/padding.py``, exact) in
+fp16 channels_last and compiled; instead of the tiled-RSS figure it records the GPU's peak allocation for an
+untiled 960x540 -> 4K upscale, and it adds the NTIRE-style runtime of every path (CUDA events around each
+forward, mean over ``--ntire-images`` inputs of a DIV2K-valid LR size, 510x339, as the NTIRE 2025 ESR kit
+measures it; the published DSCLoRA figure, 8.37 ms, is from an RTX A6000) and its ratio to eager fp32.
 
     python benchmarks/infer.py [--weights dscf] [--runs 11] [--device cpu|cuda] [--json FILE]
 """
@@ -37,38 +41,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsclora.backends import make_runner
-from dsclora.checkpoints import load_model
 from dsclora.data.benchmark import find_pairs, load_pair
-from dsclora.data.io import to_uint8
-from dsclora.inference import tiled_forward
-from dsclora.metrics import psnr_y
-from dsclora.profiling import conv_statistics, rss_kib
-from dsclora.utils import atomic_write
-from dsclora.weights import resolve
+from dsclora.data.images import to_array, to_tensor, to_uint8
+from dsclora.fs import atomic_write
+from dsclora.measure.metrics import psnr_y
+from dsclora.measure.profiling import conv_statistics, peak_memory
+from dsclora.runtime.backends import make_runner
+from dsclora.runtime.tiling import TiledUpscaler, tile_windows
+from dsclora.weights.checkpoints import load_model
+from dsclora.weights.registry import resolve
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEVICE = torch.device("cpu")  # set by main(); timings synchronise when it is a GPU
 CPU_GEMM_SIZES = (512, 1024, 1536, 2048, 3072, 4096)
 SUSTAIN_S = 0.2  # each GEMM rate is measured over at least this long
-CUDA_PATHS = [
-    ("torch", "fp32"),
-    ("channels_last", "fp32"),
-    ("compile", "fp32"),
-    ("torch", "fp16"),
-    ("channels_last", "fp16"),
-    ("compile", "fp16"),
+CUDA_PATHS = [  # (backend, precision, pad)
+    ("torch", "fp32", 0),
+    ("channels_last", "fp32", 0),
+    ("compile", "fp32", 0),
+    ("torch", "fp16", 0),
+    ("channels_last", "fp16", 0),
+    ("compile", "fp16", 0),
+    ("channels_last", "fp16", 32),
+    ("compile", "fp16", 32),
+    ("compile", "bf16", 32),
 ]
 PATHS = [
-    ("torch", "fp32"),
-    ("channels_last", "fp32"),
-    ("compile", "fp32"),
-    ("onnxruntime", "fp32"),
-    ("channels_last", "bf16"),
-    ("channels_last", "bf16-accurate"),
-    ("compile", "bf16"),
-    ("compile", "bf16-accurate"),
+    ("torch", "fp32", 0),
+    ("channels_last", "fp32", 0),
+    ("compile", "fp32", 0),
+    ("onnxruntime", "fp32", 0),
+    ("channels_last", "bf16", 0),
+    ("channels_last", "bf16-accurate", 0),
+    ("compile", "bf16", 0),
+    ("compile", "bf16-accurate", 0),
 ]
+TILED_SIZE = (400, 600)  # LR height, width of the tiling-cost measurement
+
+
+def path_name(backend: str, precision: str, pad: int) -> str:
+    return f"{backend}/{precision}" + (f"/pad{pad}" if pad else "")
 
 
 class Gemm:
@@ -136,9 +148,9 @@ def psnr_change(runner, reference, sets: dict[str, int]) -> dict[str, float]:
         deltas = []
         for pair in find_pairs(SHARED / "data" / "benchmark" / name, 4)[:limit]:
             hr, lr = load_pair(pair, 4)
-            x = torch.from_numpy(lr.transpose(2, 0, 1).astype(np.float32) / 255)[None].to(DEVICE)
-            got = to_uint8(runner(x)[0].permute(1, 2, 0).cpu().numpy())
-            want = to_uint8(reference(x)[0].permute(1, 2, 0).cpu().numpy())
+            x = to_tensor(lr).to(DEVICE)
+            got = to_uint8(to_array(runner(x)))
+            want = to_uint8(to_array(reference(x)))
             deltas.append(psnr_y(got, hr, 4) - psnr_y(want, hr, 4))
         out[name] = float(np.mean(deltas))
     return out
@@ -211,14 +223,37 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def tiling_cost(runners: dict, radius: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Tiled over untiled time of a 600x400 upscale per eager path, and what the overlap alone explains."""
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, *TILED_SIZE, device=DEVICE), 9, 1, 4)
+    out: dict[str, dict[str, float]] = {}
+    for tile in (128, 64):
+        computed = 1
+        for size in TILED_SIZE:
+            span = min(tile + 2 * radius, size)
+            computed *= len(tile_windows(size, tile, radius)) * span
+        explained = computed / (TILED_SIZE[0] * TILED_SIZE[1])
+        for name, runner in runners.items():
+            whole, tiled = TiledUpscaler(runner, 4), TiledUpscaler(runner, 4, tile, radius)
+            whole(x), tiled(x)  # warm-up: every window shape seen once
+            times = {"whole": [], "tiled": []}
+            for _ in range(rounds):
+                times["whole"].append(_time(whole, x))
+                times["tiled"].append(_time(tiled, x))
+            row = out.setdefault(name, {})
+            row[f"tile{tile}"] = statistics.median(t / w for t, w in zip(times["tiled"], times["whole"], strict=True))
+            row[f"tile{tile}_overlap_explains"] = explained
+    return out
+
+
 def tiled_4k_child(weights: str, tile: int) -> None:
     """Child mode: upscale a 960x540 image tiled; print peak RSS (MiB) and the max diff to untiled."""
     model, _ = load_model(resolve(weights))
-    runner, _ = make_runner(model, "channels_last", torch.device("cpu"))
+    runner = make_runner(model, "channels_last", torch.device("cpu"))
     x = torch.rand(1, 3, 540, 960)
     x = torch.nn.functional.avg_pool2d(x, 9, 1, 4)  # smooth like an image, not noise
-    out = tiled_forward(runner, x, 4, tile=tile, overlap=model.config.receptive_radius)
-    peak = (rss_kib("VmHWM") or 0) / 1024
+    out = TiledUpscaler(runner, 4, tile, model.config.receptive_radius)(x)
+    peak = peak_memory(torch.device("cpu")) / 2**20
     untiled = runner(x)
     print(
         json.dumps(
@@ -233,13 +268,13 @@ def tiled_4k_child(weights: str, tile: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="dscf")
-    parser.add_argument("--runs", type=int, default=11, help="timing rounds (every path and a GEMM each round)")
-    parser.add_argument("--b100", type=int, default=30, help="B100 images for the precision cost")
-    parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--weights", default="dscf", help="weights name or file (default dscf)")
+    parser.add_argument("--runs", type=int, default=11, help="timing rounds, every path and a GEMM each (default 11)")
+    parser.add_argument("--b100", type=int, default=30, help="B100 images for the precision cost (default 30)")
+    parser.add_argument("--tile", type=int, default=256, help="tile of the tiled 4K memory figure (default 256)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     parser.add_argument("--ntire-images", type=int, default=50, help="forwards averaged for the NTIRE runtime (GPU)")
-    parser.add_argument("--json", help="default: benchmarks/results/infer.json, or infer_cuda.json on a GPU")
+    parser.add_argument("--json", help="output file (default benchmarks/results/infer.json, infer_cuda.json on a GPU)")
     parser.add_argument("--tiled-4k-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("DSCLORA_WEIGHTS_DIR", str(SHARED / "weights"))
@@ -265,7 +300,9 @@ def main() -> None:
         "256x256": torch.rand(1, 3, 256, 256, device=DEVICE),
         "1920x1080_out": torch.rand(1, 3, 270, 480, device=DEVICE),
     }
-    runners = {f"{b}/{p}": make_runner(model, b, DEVICE, p)[0] for b, p in (CUDA_PATHS if cuda else PATHS)}
+    runners = {
+        path_name(b, p, pad): make_runner(model, b, DEVICE, p, pad) for b, p, pad in (CUDA_PATHS if cuda else PATHS)
+    }
     results: dict = {
         "machine": _device_name(),
         "cpu_threads": torch.get_num_threads(),
@@ -302,10 +339,9 @@ def main() -> None:
     if cuda:
         results["gemm_fp16_tflops"] = Gemm(sizes=(4096, 8192), dtype=torch.float16).rate() / 1e12
         results["cuda_peak_untiled_960x540_to_4k_mib"] = cuda_peak_untiled_4k_mib(runners["torch/fp32"])
-        results["ntire_runtime_ms"] = {
-            name: ntire_runtime_ms(runners[name], args.ntire_images)
-            for name in ("torch/fp32", "compile/fp32", "compile/fp16")
-        }
+        results["ntire_runtime_ms"] = {name: ntire_runtime_ms(runners[name], args.ntire_images) for name in runners}
+        ref_ms = results["ntire_runtime_ms"]["torch/fp32"]
+        results["ntire_speedup_vs_eager_fp32"] = {k: ref_ms / v for k, v in results["ntire_runtime_ms"].items()}
         results["ntire_runtime_published_ms"] = {"value": 8.37, "gpu": "RTX A6000 (NTIRE 2025 ESR report)"}
     else:
         child = subprocess.run(
@@ -315,6 +351,9 @@ def main() -> None:
             check=True,
         )
         results["tiled_960x540_to_4k"] = {"tile": args.tile, **json.loads(child.stdout.strip().splitlines()[-1])}
+    eager = {n: r for n, r in runners.items() if n.split("/")[0] in ("torch", "channels_last", "onnxruntime")}
+    eager = {n: r for n, r in eager.items() if n.split("/")[1] == "fp32"}
+    results["tiled_vs_untiled_600x400"] = tiling_cost(eager, model.config.receptive_radius, max(3, args.runs // 3))
 
     print(
         f"GEMM {rate / 1e9:.0f} GFLOP/s (median of rounds, {gemm.size}^2), {torch.get_num_threads()} threads; bound "
@@ -338,9 +377,11 @@ def main() -> None:
     if cuda:
         print(
             "NTIRE-style runtime (CUDA events, mean of "
-            f"{args.ntire_images} forwards at 510x339): "
-            + ", ".join(f"{k} {v:.2f} ms" for k, v in results["ntire_runtime_ms"].items())
-            + " (published: 8.37 ms on an RTX A6000)"
+            f"{args.ntire_images} forwards at 510x339; published: 8.37 ms on an RTX A6000):\n  "
+            + "\n  ".join(
+                f"{k:<24} {v:.2f} ms  {results['ntire_speedup_vs_eager_fp32'][k]:.2f}x eager fp32"
+                for k, v in results["ntire_runtime_ms"].items()
+            )
         )
         print(f"untiled 960x540 -> 4K: peak GPU allocation {results['cuda_peak_untiled_960x540_to_4k_mib']:.0f} MiB")
     else:
@@ -348,6 +389,12 @@ def main() -> None:
         print(
             f"tiled 960x540 -> 3840x2160 (tile {args.tile}): peak RSS {t4k['peak_rss_mib']:.0f} MiB, "
             f"max |tiled - untiled| {t4k['max_abs_diff_vs_untiled']:.1e}"
+        )
+    for name, row in results["tiled_vs_untiled_600x400"].items():
+        print(
+            f"tiled / untiled 600x400, {name}: tile 128 {row['tile128']:.2f}x (overlap explains "
+            f"{row['tile128_overlap_explains']:.2f}x), tile 64 {row['tile64']:.2f}x "
+            f"(overlap explains {row['tile64_overlap_explains']:.2f}x)"
         )
     with atomic_write(args.json) as tmp:
         tmp.write_text(json.dumps(results, indent=2))

@@ -1,13 +1,17 @@
-"""Time per training step and peak memory, side by side in one run, for three ways to adapt SPAN-tiny:
+"""Time per training step and peak memory, side by side in one run, for the ways to adapt SPAN-tiny:
 
-1. ``finetune``  plain fine-tuning of every weight (deploy-form SPAN-tiny, L1);
-2. ``lora``      the ConvLoRA student without distillation (20 adapted convs, L1);
-3. ``dsclora``   the full recipe: ConvLoRA + frozen teacher + L1(SR, teacher SR) + spatial affinity on 7 maps.
+1. ``finetune``         plain fine-tuning of every weight (deploy-form SPAN-tiny, L1 to HR);
+2. ``lora``             the ConvLoRA student (paper ranks), L1 to HR;
+3. ``ensemble_cached``  the recommended recipe: ConvLoRA (ranks 8 / 16), L1 to the cached x8 self-ensemble target
+                        (the target is part of the batch, computed before timing as the trainer does);
+4. ``dsclora``          the paper's recipe: ConvLoRA + online teacher + L1 to its output + L1 affinity on 7 maps;
+5. ``dsclora_l2``       the same with the L2 affinity computed by C x C Gram products.
 
-Steps run round-robin (one of each, repeated) so machine drift hits all three alike; the median is reported
-with the ratio to ``finetune``. Peak memory is measured for the first step, each variant in a fresh process
-(a warm allocator would hide it): the resident-set high-water mark (/proc/self/status VmHWM) over the RSS
-before the step, or CUDA max_memory_allocated on a GPU.
+Steps run round-robin (one of each, repeated) so machine drift hits all alike; the median is reported with
+the ratio to ``finetune`` (``ratios.ensemble_cached_vs_finetune`` is the recommended recipe's overhead). Peak
+memory is measured for the first step, each variant in a fresh process: the resident-set high-water mark over
+the RSS before the step, or CUDA max_memory_allocated on a GPU. The affinity loss alone (forward + backward on
+the seven student maps of one batch) is timed for both distances too.
 
     python benchmarks/train_step.py [--batch 8] [--patch 48] [--steps 6] [--device cpu] [--json FILE]
 """
@@ -21,71 +25,71 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from dsclora.profiling import reset_peak_rss, rss_kib
+from dsclora.data.patches import PatchDataset, training_images
+from dsclora.fs import atomic_write
+from dsclora.measure.profiling import current_memory, peak_memory, reset_peak_memory
+from dsclora.models.dsclora import DSCLoRAConfig
 from dsclora.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from dsclora.train.data import PatchDataset, training_images
 from dsclora.train.loop import Trainer
-from dsclora.utils import atomic_write
+from dsclora.train.losses import spatial_affinity_loss
+from dsclora.train.teacher import TeacherTargets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN_DIR = SHARED / "data" / "train" / "BSD200"
-NAMES = ("finetune", "lora", "dsclora")
+NAMES = ("finetune", "lora", "ensemble_cached", "dsclora", "dsclora_l2")
+IMAGES = 24  # training images the batches are cut from (their ensemble targets are computed once)
 
 
 def variant(name: str, args: argparse.Namespace) -> TrainConfig:
+    to_hr = LossConfig(rec=1.0, teacher=0.0, affinity=0.0)
+    model = ModelConfig(arch="dsclora", base="span-tiny")
     if name == "finetune":
-        model = ModelConfig(arch="span", init="span-tiny", form="deploy", scale=4)
-        loss = LossConfig(rec=1.0, teacher=0.0, affinity=0.0)
+        model, loss = ModelConfig(arch="span", init="span-tiny", form="deploy"), to_hr
     elif name == "lora":
-        model = ModelConfig(arch="dsclora", base="span-tiny", scale=4)
-        loss = LossConfig(rec=1.0, teacher=0.0, affinity=0.0)
+        loss = to_hr
+    elif name == "ensemble_cached":
+        model = ModelConfig(arch="dsclora", base="span-tiny", lora=DSCLoRAConfig(8, 16.0, 16, 32.0))
+        loss = LossConfig(rec=0.0, teacher=1.0, affinity=0.0, teacher_ensemble=8, teacher_targets="cached")
     else:
-        model = ModelConfig(arch="dsclora", base="span-tiny", scale=4)
-        loss = LossConfig(affinity_chunk=args.chunk)
+        loss = LossConfig(affinity_chunk=args.chunk, affinity_distance="l2" if name == "dsclora_l2" else "l1")
     return TrainConfig(
         name=name,
         model=model,
         data=DataConfig(train=[str(TRAIN_DIR)], patch=args.patch, batch=args.batch),
         loss=loss,
         optim=OptimConfig(lr=1e-4, ema_decay=0.999),
-        run=RunConfig(steps=10**6, output=f"/tmp/dsclora-bench-{name}", device=args.device),
+        run=RunConfig(steps=10**6, output=tempfile.mkdtemp(prefix=f"dsclora-bench-{name}-"), device=args.device),
     )
 
 
-def make_batches(args: argparse.Namespace, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    files, _ = training_images([str(TRAIN_DIR)], args.patch * 4 + 3)
-    data = PatchDataset(files, 4, args.patch, seed=0)
+def make_batches(trainer: Trainer, args: argparse.Namespace, count: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of LR, HR and the cached ensemble target, the same for every variant."""
+    images, _ = training_images([str(TRAIN_DIR)], [], args.patch, 4)
+    data = PatchDataset(images[:IMAGES], 4, args.patch, seed=0)
+    targets = TeacherTargets(trainer.teacher.model, trainer.teacher.weights_sha256, 8, 4)
+    data.set_targets(targets.get_all([data.lr_image(i) for i in range(len(data.images))], progress=False))
     batches = []
     for i in range(count):
-        pairs = [data[i * args.batch + k] for k in range(args.batch)]
-        lr, hr = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-        batches.append((lr.to(device), hr.to(device)))
+        samples = [data[i * args.batch + k] for k in range(args.batch)]
+        batches.append({key: torch.stack([s[key] for s in samples]).to(trainer.device) for key in samples[0]})
     return batches
-
-
-def peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return (rss_kib("VmHWM") or 0) / 1024
 
 
 def first_step_memory(name: str, args: argparse.Namespace) -> float:
     """Peak memory (MiB) of one training step in this (fresh) process, over the memory before it."""
     trainer = Trainer(variant(name, args), quiet=True)
-    ((lr, hr),) = make_batches(args, 1, trainer.device)
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        base = (rss_kib("VmRSS") or 0) / 1024
-        reset_peak_rss()
-    trainer.train_step(lr, hr)
-    return peak_mib(trainer.device) - base
+    reference = trainer if trainer.teacher else Trainer(variant("ensemble_cached", args), quiet=True)
+    (batch,) = make_batches(reference, args, 1)
+    base = current_memory(trainer.device)
+    reset_peak_memory(trainer.device)
+    trainer.train_step(batch)
+    return (peak_memory(trainer.device) - base) / 2**20
 
 
 def memory_in_subprocess(name: str, argv: list[str]) -> float:
@@ -97,16 +101,33 @@ def memory_in_subprocess(name: str, argv: list[str]) -> float:
     return float(proc.stdout.strip().splitlines()[-1])
 
 
+def affinity_cost(trainer: Trainer, batch: dict[str, torch.Tensor], distance: str, repeats: int) -> float:
+    """Median seconds of the affinity loss (forward + backward) over the seven maps of one batch."""
+    with torch.no_grad():
+        _, teacher_maps = trainer.teacher.model.forward_features(batch["lr"])
+        _, student_maps = trainer.student.forward_features(batch["lr"])
+    times = []
+    for _ in range(repeats + 1):
+        maps = [m.detach().requires_grad_() for m in student_maps]
+        start = time.perf_counter()
+        total = sum(spatial_affinity_loss(s, t, 1024, distance) for s, t in zip(maps, teacher_maps, strict=True))
+        total.backward()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--patch", type=int, default=48, help="LR patch side")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 1 warm-up)")
-    parser.add_argument("--chunk", type=int, default=1024, help="affinity rows per block")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", default="benchmarks/results/train_step.json")
+    parser.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
+    parser.add_argument("--patch", type=int, default=48, help="LR patch side (default 48)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant after one warm-up (default 6)")
+    parser.add_argument("--chunk", type=int, default=1024, help="affinity rows per block for L1 (default 1024)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--json", default="benchmarks/results/train_step.json", help="where the figures go")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # child mode: print one number
     args = parser.parse_args()
+    if not TRAIN_DIR.is_dir():
+        sys.exit(f"train_step: the training images are not at {TRAIN_DIR} (the workspace's ../shared/data)")
     os.environ.setdefault("DSCLORA_WEIGHTS_DIR", str(SHARED / "weights"))
     if args.memory_of:
         print(first_step_memory(args.memory_of, args))
@@ -116,21 +137,22 @@ def main() -> None:
 
     trainers = {n: Trainer(variant(n, args), quiet=True) for n in NAMES}
     device = trainers["finetune"].device
-    batches = make_batches(args, args.steps + 1, device)
+    batches = make_batches(trainers["ensemble_cached"], args, args.steps + 1)
     times: dict[str, list[float]] = {n: [] for n in NAMES}
-    for i, (lr, hr) in enumerate(batches):
+    for i, batch in enumerate(batches):
         for name in NAMES:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            trainers[name].train_step(lr, hr)
+            trainers[name].train_step(batch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i > 0:  # the first round is warm-up
                 times[name].append(time.perf_counter() - start)
     peaks = {name: memory_in_subprocess(name, child_argv) for name in NAMES}
+    affinity = {d: affinity_cost(trainers["dsclora"], batches[0], d, args.steps) for d in ("l1", "l2")}
 
-    reference = statistics.median(times["finetune"])
+    median = {name: statistics.median(times[name]) for name in NAMES}
     result = {
         "machine": platform.processor() or platform.machine(),
         "device": str(device),
@@ -139,23 +161,29 @@ def main() -> None:
         "batch": args.batch,
         "lr_patch": args.patch,
         "timed_steps": args.steps,
+        "ratios": {
+            "ensemble_cached_vs_finetune": median["ensemble_cached"] / median["finetune"],
+            "affinity_l2_vs_l1": affinity["l2"] / affinity["l1"],
+        },
+        "affinity_loss_sec": affinity,
         "variants": {
             name: {
-                "sec_per_step_median": statistics.median(times[name]),
+                "sec_per_step_median": median[name],
                 "sec_per_step_min": min(times[name]),
-                "ratio_to_finetune": statistics.median(times[name]) / reference,
+                "ratio_to_finetune": median[name] / median["finetune"],
                 "first_step_peak_memory_mib": peaks[name],
                 "trainable_params": sum(p.numel() for p in trainers[name].trainable),
             }
             for name in NAMES
         },
     }
-    print(f"{'variant':<10}{'s/step':>9}{'x finetune':>12}{'peak MiB':>10}{'trainable':>11}")
+    print(f"{'variant':<16}{'s/step':>9}{'x finetune':>12}{'peak MiB':>10}{'trainable':>11}")
     for name, row in result["variants"].items():
         print(
-            f"{name:<10}{row['sec_per_step_median']:>9.3f}{row['ratio_to_finetune']:>12.3f}"
+            f"{name:<16}{row['sec_per_step_median']:>9.3f}{row['ratio_to_finetune']:>12.3f}"
             f"{row['first_step_peak_memory_mib']:>10.0f}{row['trainable_params']:>11,}"
         )
+    print(f"affinity loss on 7 maps, fwd+bwd: l1 {affinity['l1']:.3f} s, l2 (Gram) {affinity['l2']:.4f} s")
     with atomic_write(args.json) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
 

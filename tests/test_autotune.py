@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsclora import autotune
 from dsclora.models.span import SPAN, SpanConfig
+from dsclora.runtime import autotune
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def fake_timings(monkeypatch, eager: dict[str, float], compiled: tuple[float, fl
     """Replace measurement by fixed (compile seconds, seconds per megapixel); return the log of what was timed."""
     timed: list[str] = []
 
-    def measure(self, backend: str) -> tuple[float, float]:
+    def measure(self, backend: str, pad: int) -> tuple[float, float]:
         timed.append(backend)
         if backend == "compile":
             if compiled is None:
@@ -27,37 +27,50 @@ def fake_timings(monkeypatch, eager: dict[str, float], compiled: tuple[float, fl
         return 0.0, eager[backend]
 
     monkeypatch.setattr(autotune.Timings, "_measure", measure)
-    monkeypatch.setattr(autotune, "_available", lambda: list(eager))
+    monkeypatch.setattr(autotune, "_candidates", lambda device, precision: [(name, 0) for name in eager])
     return timed
+
+
+def choose(model: SPAN, shapes=None) -> autotune.Choice:
+    return autotune.resolve_backend(model, "auto", torch.device("cpu"), "fp32", shapes)
 
 
 def test_eager_choice_is_measured_once_and_cached(monkeypatch, tiny) -> None:
     timed = fake_timings(monkeypatch, {"torch": 2.0, "channels_last": 1.0}, (20.0, 0.5))
-    assert autotune.choose(tiny, torch.device("cpu"))[0] == "channels_last"
-    assert autotune.choose(tiny, torch.device("cpu"))[0] == "channels_last"
+    assert choose(tiny).backend == "channels_last"
+    assert choose(tiny).backend == "channels_last"
     assert timed == ["torch", "channels_last"]  # the second call read the cache; compile was never timed
 
 
 def test_compile_only_when_the_job_repays_it(monkeypatch, tiny) -> None:
     timed = fake_timings(monkeypatch, {"torch": 2.0, "channels_last": 1.0}, (20.0, 0.5))
-    cpu = torch.device("cpu")
     # 1000x1000 = 1 Mpix per forward: eager 1.0 s, compiled 0.5 s, so each forward saves 0.5 s.
     # 20 forwards = 20 s of work: below MIN_JOB_SECONDS, compile is not even timed.
-    assert autotune.choose(tiny, cpu, {(1000, 1000): 20})[0] == "channels_last"
+    assert choose(tiny, {(1000, 1000): 20}).backend == "channels_last"
     assert "compile" not in timed
     # 50 forwards save 25 s > one 20 s compile; 2 shapes x 30 forwards save 30 s < two compiles (40 s).
-    assert autotune.choose(tiny, cpu, {(1000, 1000): 50}) == (
-        "compile",
-        "compiling 1 shape(s) (~20 s each) saves ~25 s",
+    assert choose(tiny, {(1000, 1000): 50}) == autotune.Choice(
+        "compile", 0, "compiling 1 shape(s) (~20 s each) saves ~25 s"
     )
-    assert autotune.choose(tiny, cpu, {(1000, 1000): 30, (500, 2000): 30})[0] == "channels_last"
+    assert choose(tiny, {(1000, 1000): 30, (500, 2000): 30}).backend == "channels_last"
     # more shapes than dynamo recompiles: never compile
     many = {(1000, 1000 + i): 1000 for i in range(autotune.MAX_COMPILED_SHAPES + 1)}
-    assert autotune.choose(tiny, cpu, many)[0] == "channels_last"
+    assert choose(tiny, many).backend == "channels_last"
     assert timed.count("compile") == 1
 
 
 def test_compile_unavailable_falls_back(monkeypatch, tiny) -> None:
     fake_timings(monkeypatch, {"torch": 1.0}, None)
-    backend, why = autotune.choose(tiny, torch.device("cpu"), {(1000, 1000): 1000})
-    assert backend == "torch" and "compile unavailable" in why
+    choice = choose(tiny, {(1000, 1000): 1000})
+    assert choice.backend == "torch" and "compile unavailable" in choice.why
+
+
+def test_explicit_backend_is_not_measured(monkeypatch, tiny) -> None:
+    timed = fake_timings(monkeypatch, {"torch": 1.0}, None)
+    assert autotune.resolve_backend(tiny, "channels_last", torch.device("cpu")) == autotune.Choice("channels_last")
+    assert timed == []
+
+
+def test_gpu_candidates_include_padded_widths() -> None:
+    names = autotune._candidates(torch.device("cuda"), "fp16")
+    assert ("channels_last", 8) in names and ("channels_last", 32) in names and ("torch", 0) in names

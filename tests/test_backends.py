@@ -7,14 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import benchmark_set, official_weight
-from dsclora.backends import make_runner
-from dsclora.checkpoints import load_model
 from dsclora.data.benchmark import find_pairs, load_pair
-from dsclora.data.io import to_uint8
+from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.errors import DscloraError
-from dsclora.inference import tiled_forward
-from dsclora.metrics import psnr_y
+from dsclora.measure.metrics import psnr_y
+from dsclora.runtime.autotune import resolve_backend
+from dsclora.runtime.backends import make_runner
+from dsclora.runtime.padding import pad_channels
+from dsclora.runtime.tiling import TiledUpscaler
+from dsclora.weights.checkpoints import load_model
+from support import benchmark_set, official_weight
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,12 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
     x = lr_image()[:, :, :72, :80]
     with torch.no_grad():
         reference = dscf(x)
-    runner, name = make_runner(dscf, backend, torch.device("cpu"))
-    assert name != "auto"
+    cpu = torch.device("cpu")
+    choice = resolve_backend(dscf, backend, cpu)
+    assert choice.backend != "auto"
+    runner = make_runner(dscf, choice.backend, cpu, pad=choice.pad)
     assert (runner(x) - reference).abs().max().item() <= 1e-4
-    tiled = tiled_forward(runner, x, 4, tile=32, overlap=dscf.config.receptive_radius)
+    tiled = TiledUpscaler(runner, 4, tile=32, overlap=dscf.config.receptive_radius)(x)
     assert (tiled - reference).abs().max().item() <= 1e-4
 
 
@@ -46,14 +50,14 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
     [("channels_last", "bf16", 0.05), ("channels_last", "bf16-accurate", 0.005), ("compile", "bf16-accurate", 0.005)],
 )
 def test_reduced_precision_psnr_change_on_set5(dscf, backend: str, precision: str, budget_db: float) -> None:
-    runner, _ = make_runner(dscf, backend, torch.device("cpu"), precision)
-    ref_runner, _ = make_runner(dscf, "torch", torch.device("cpu"))
+    runner = make_runner(dscf, backend, torch.device("cpu"), precision)
+    ref_runner = make_runner(dscf, "torch", torch.device("cpu"))
     changes = []
     for pair in find_pairs(benchmark_set("Set5"), 4):
         hr, lr = load_pair(pair, 4)
-        x = torch.from_numpy(lr.transpose(2, 0, 1).astype(np.float32) / 255)[None]
-        sr = to_uint8(runner(x)[0].permute(1, 2, 0).numpy())
-        ref = to_uint8(ref_runner(x)[0].permute(1, 2, 0).numpy())
+        x = to_tensor(lr)
+        sr = to_uint8(to_array(runner(x)))
+        ref = to_uint8(to_array(ref_runner(x)))
         changes.append(psnr_y(sr, hr, 4) - psnr_y(ref, hr, 4))
     assert abs(np.mean(changes)) <= budget_db
     assert not np.array_equal(sr, ref)  # the precision really changed the arithmetic
@@ -64,3 +68,17 @@ def test_bad_backend_choices(dscf) -> None:
         make_runner(dscf, "torch", torch.device("cpu"), "fp16")
     with pytest.raises(DscloraError, match="unknown backend"):
         make_runner(dscf, "tensorrt", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("multiple", [8, 16, 32])
+def test_channel_padding_is_exact_on_real_images(dscf, multiple: int) -> None:
+    padded = pad_channels(dscf, multiple)
+    assert padded.config.channels == 32 and padded.conv_cat.weight.shape == (32, 128, 1, 1)
+    for index in range(3):
+        x = lr_image(index)
+        with torch.no_grad():
+            assert (padded(x) - dscf(x)).abs().max().item() <= 1e-6
+    runner = make_runner(dscf, "channels_last", torch.device("cpu"), pad=multiple)  # the back-end path too
+    x = lr_image()[:, :, :40, :52]
+    with torch.no_grad():
+        assert (runner(x) - dscf(x)).abs().max().item() <= 1e-5

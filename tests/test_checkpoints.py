@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import official_weight
 from dsclora import SPAN, DSCLoRA, DSCLoRAConfig, SpanConfig
-from dsclora import weights as registry
-from dsclora.checkpoints import detect, load_model, save_model
 from dsclora.errors import DscloraError
-from dsclora.export import derived_eval_conv_state
-from dsclora.lora import lora_parameters
-from dsclora.utils import sha256_file
+from dsclora.fs import sha256_file
+from dsclora.models.forms import derived_eval_conv_state
+from dsclora.models.lora import lora_parameters
+from dsclora.weights import registry
+from dsclora.weights.checkpoints import detect, load_model, save_model
+from support import official_weight
 
 
 def test_safetensors_round_trip_keeps_dsclora_config(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Exports other tools load: ONNX (checked in ONNX Runtime) and spandrel-compatible training-form SPAN files."""
+"""Exports other tools load, each run in that tool: ONNX Runtime, spandrel, ncnn, the NTIRE kit's loader."""
 
 from __future__ import annotations
 
 import enum
+import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -12,17 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import benchmark_set, official_weight
-from dsclora.checkpoints import load_model
 from dsclora.cli import main
+from dsclora.data.benchmark import find_pairs, load_pair
+from dsclora.data.images import to_array, to_tensor, to_uint8
+from dsclora.fs import sha256_file
+from dsclora.measure.metrics import psnr_y
+from dsclora.weights.checkpoints import load_model
+from dsclora.weights.load import load
+from support import benchmark_set, official_weight
 
 
 def real_lr(n: int = 2) -> list[torch.Tensor]:
     files = sorted((benchmark_set("Set5") / "x4" / "LR").glob("*.png"))[:n]
-    return [
-        torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1).copy()).float()[None] / 255
-        for f in files
-    ]
+    return [to_tensor(np.asarray(Image.open(f).convert("RGB"))) for f in files]
 
 
 def test_onnx_export_matches_torch_on_real_images(tmp_path: Path, capsys) -> None:
@@ -30,16 +34,97 @@ def test_onnx_export_matches_torch_on_real_images(tmp_path: Path, capsys) -> Non
     official_weight("dscf")
     out = tmp_path / "dscf.onnx"
     assert main(["export", "--weights", "dscf", "--format", "onnx", "-o", str(out)]) == 0
-    assert "max abs diff" in capsys.readouterr().out
+    assert "ONNX Runtime vs torch" in capsys.readouterr().out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["scale"] == "4"
     model, _ = load_model(official_weight("dscf"))
     images = real_lr()
     batch = torch.cat([img[:, :, :60, :44] for img in images])  # dynamic batch and a non-square size
     for x in [*images, batch]:
         got = session.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():
-            want = model(x).numpy()
+            want = model(x).clamp(0, 1).numpy()  # the file clamps its output, the network does not
         assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+        assert got.min() >= 0 and got.max() <= 1
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["architecture"] == "span" and card["scale"] == 4 and card["size"] == ["26nf", "6nb"]
+    assert card["resources"][0]["sha256"] == sha256_file(out) and card["resources"][0]["type"] == "onnx"
+    assert card["license"].startswith("MIT")  # from the registry entry of dscf
+
+
+def test_fp16_onnx_within_a_hundredth_of_a_db_on_set5(tmp_path: Path, capsys) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    fp32, fp16, static = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx", tmp_path / "static.onnx"
+    assert main(["export", "--format", "onnx", "-o", str(fp32)]) == 0
+    assert main(["export", "--format", "onnx", "--precision", "fp16", "-o", str(fp16)]) == 0
+    assert main(["export", "--format", "onnx", "--precision", "fp16", "--io", "fp16", "--static", "40x48",
+                 "-o", str(static)]) == 0  # fmt: skip
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size  # half-precision weights
+    sessions = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, fp16)}
+    changes = []
+    for pair in find_pairs(benchmark_set("Set5"), 4):
+        hr, lr = load_pair(pair, 4)
+        x = to_tensor(lr).numpy()
+        psnr = {p: psnr_y(to_uint8(to_array(torch.from_numpy(s.run(None, {"input": x})[0]))), hr, 4)
+                for p, s in sessions.items()}  # fmt: skip
+        changes.append(psnr[fp16] - psnr[fp32])
+    assert abs(np.mean(changes)) <= 0.01 and any(c != 0 for c in changes)
+    session = ort.InferenceSession(str(static), providers=["CPUExecutionProvider"])
+    (meta,) = session.get_inputs()
+    assert meta.shape == [1, 3, 40, 48] and meta.type == "tensor(float16)"
+    out = session.run(None, {"input": real_lr(1)[0][:, :, :40, :48].numpy().astype(np.float16)})[0]
+    assert out.shape == (1, 3, 160, 192) and out.dtype == np.float16
+
+
+def test_ntire_module_runs_without_dsclora(tmp_path: Path, capsys) -> None:
+    kit = tmp_path / "kit"
+    assert main(["export", "--format", "ntire", "--team", "7", "--name", "DSCLoRAx4", "-o", str(kit)]) == 0
+    module, weights = kit / "team07_DSCLoRAx4.py", kit / "team07_DSCLoRAx4.pth"
+    text = module.read_text()
+    assert "import dsclora" not in text and "from dsclora" not in text
+    x = real_lr(1)[0][:, :, :40, :52]
+    np.save(tmp_path / "x.npy", x.numpy())
+    # The kit's way, in a fresh interpreter where importing dsclora is impossible: import the module by path,
+    # build the class with its defaults, load the .pth strictly, run.
+    script = f"""
+import sys, importlib.util, numpy, torch
+sys.modules["dsclora"] = None
+spec = importlib.util.spec_from_file_location("team07_DSCLoRAx4", {str(module)!r})
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+net = mod.DSCLoRAx4()
+net.load_state_dict(torch.load({str(weights)!r}, weights_only=True), strict=True)
+with torch.no_grad():
+    out = net.eval()(torch.from_numpy(numpy.load({str(tmp_path / "x.npy")!r})))
+numpy.save({str(tmp_path / "y.npy")!r}, out.numpy())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    with torch.no_grad():
+        want = load(None).module(x).numpy()
+    assert np.abs(np.load(tmp_path / "y.npy") - want).max() <= 1e-6
+    for bad, message in ((["--name", "1bad"], "identifier"), (["--team", "5"], "--name")):
+        argv = ["export", "--format", "ntire", "-o", str(tmp_path / "k2"), *bad]
+        if "--team" not in bad:
+            argv += ["--team", "5"]
+        assert main(argv) == 2 and message in capsys.readouterr().err
+
+
+def test_ncnn_export_matches_torch(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("pnnx", reason="pnnx (the [ncnn] extra) is not installed")
+    pytest.importorskip("ncnn", reason="ncnn's Python binding (the [ncnn] extra) is not installed")
+    from dsclora.export.ncnn import run_ncnn
+
+    out = tmp_path / "ncnn" / "model"
+    assert main(["export", "--format", "ncnn", "-o", str(out)]) == 0
+    param, weights = out.with_name("model.param"), out.with_name("model.bin")
+    assert param.is_file() and weights.is_file() and not list(Path.cwd().glob("*.pnnx.*"))
+    model = load(None).module
+    for x in real_lr(2):  # other sizes than the export traced
+        with torch.no_grad():
+            assert (run_ncnn(param, weights, x) - model(x)).abs().max().item() <= 1e-4
+    card = json.loads((tmp_path / "ncnn" / "model.json").read_text())
+    assert [r["type"] for r in card["resources"]] == ["param", "bin"]
+    assert card["dataset"]  # the embedded model's card says what it was trained on
 
 
 def _stub_torchvision() -> None:
@@ -79,11 +164,11 @@ def test_spandrel_loads_our_export_and_gives_our_outputs(tmp_path: Path, suffix:
             assert (descriptor.model.eval()(x) - ours(x)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "spandrel", "safetensors"])
-def test_export_of_bad_checkpoint_writes_nothing(tmp_path: Path, capsys, fmt: str) -> None:
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "m.onnx"), ("spandrel", "m.pth"), ("safetensors", "m.safetensors")])
+def test_export_of_bad_checkpoint_writes_nothing(tmp_path: Path, capsys, fmt: str, name: str) -> None:
     bad = tmp_path / "espan_like.pth"
     torch.save({"conv_near.weight": torch.zeros(48, 1, 3, 3)}, bad)
-    out = tmp_path / "out" / "model.bin"
+    out = tmp_path / "out" / name
     assert main(["export", "--weights", str(bad), "--format", fmt, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "SPAN-F" in err

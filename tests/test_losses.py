@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from dsclora.losses import charbonnier, spatial_affinity_loss
+from dsclora.train.losses import charbonnier, pixel_distance, spatial_affinity_loss
 
 
 def reference_affinity_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-    """FAKD by the definition, with explicit loops over positions (paper-notes §2)."""
+    """FAKD by the definition, with explicit loops over positions (docs/method.md §2)."""
     b, _, h, w = fs.shape
     n = h * w
     total = torch.zeros((), dtype=torch.float64)
@@ -59,3 +60,46 @@ def test_charbonnier_by_hand() -> None:
     eps = 1e-3
     expected = (2 * eps + (9 + eps**2) ** 0.5 + (16 + eps**2) ** 0.5) / 4
     assert abs(charbonnier(a, b, eps).item() - expected) < 1e-6
+
+
+def direct_affinity_l2(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    """mean (A_s - A_t)² with the N x N matrices built explicitly (float64)."""
+    s = fs.flatten(2).double()
+    t = ft.flatten(2).double()
+    s = s / s.norm(dim=1, keepdim=True)
+    t = t / t.norm(dim=1, keepdim=True)
+    diff = s.transpose(1, 2) @ s - t.transpose(1, 2) @ t
+    return (diff**2).mean()
+
+
+def test_l2_affinity_by_gram_products_equals_the_direct_n_by_n_form() -> None:
+    fs = torch.randn(2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    got = spatial_affinity_loss(fs, ft, distance="l2")
+    expected = direct_affinity_l2(fs, ft)
+    assert abs(got.item() - expected.item()) < 1e-12
+    (grad_got,) = torch.autograd.grad(got, fs)
+    (grad_expected,) = torch.autograd.grad(expected, fs)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-12)
+    other_width = torch.randn(2, 8, 6, 7, dtype=torch.float64)  # teacher of another width (e.g. ch28 vs 26)
+    assert (
+        abs(spatial_affinity_loss(fs, other_width, distance="l2").item() - direct_affinity_l2(fs, other_width).item())
+        < 1e-12
+    )
+
+
+def test_l2_affinity_stays_accurate_in_fp32_near_the_teacher() -> None:
+    """The student starts as its teacher: the naive ‖SSᵀ‖² - 2‖STᵀ‖² + ‖TTᵀ‖² cancels there, ours does not."""
+    ft = torch.randn(4, 26, 16, 16)
+    fs = ft + 1e-4 * torch.randn_like(ft)
+    exact = direct_affinity_l2(fs.double(), ft.double()).item()
+    got = spatial_affinity_loss(fs, ft, distance="l2").item()
+    assert exact > 0 and abs(got - exact) / exact < 1e-3
+
+
+def test_pixel_distances_by_hand() -> None:
+    a, b = torch.zeros(4), torch.tensor([0.0, 3.0, -4.0, 0.0])
+    assert pixel_distance(a, b, "l1").item() == 7 / 4
+    assert pixel_distance(a, b, "l2").item() == 25 / 4
+    with pytest.raises(ValueError, match="unknown pixel distance"):
+        pixel_distance(a, b, "l3")

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsclora import SPAN, DSCLoRA, DSCLoRAConfig, LoRAConv2d, LoraSpec, SpanConfig, inject_lora, to_deploy
-from dsclora.lora import lora_parameters, mark_only_lora_trainable
+from dsclora.measure.profiling import conv_statistics, count_parameters
 from dsclora.models.conv3xc import Conv3XC
-from dsclora.models.fused_span import FusedSPAN
-from dsclora.profiling import conv_statistics, count_parameters
+from dsclora.models.ensemble import SelfEnsemble
+from dsclora.models.lora import lora_parameters, mark_only_lora_trainable
+from dsclora.runtime.fused import FusedSPAN
 
 
 def branch_sum(module: Conv3XC, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +59,11 @@ def test_conv3xc_forward_and_collapse_equal_branch_sum(cin: int, cout: int) -> N
     x = torch.randn(2, cin, 9, 11)
     reference = branch_sum(conv, x)
     assert torch.allclose(conv(x), reference, atol=1e-5, rtol=1e-5)
-    deployed = conv.to_deploy()
+    deployed = conv.fused()
     assert set(deployed.state_dict()) == {"eval_conv.weight", "eval_conv.bias"}
     assert torch.allclose(deployed(x), reference, atol=1e-5, rtol=1e-5)
     conv64 = conv.double()
-    assert (conv64.to_deploy()(x.double()) - branch_sum(conv64, x.double())).abs().max() < 1e-12
+    assert (conv64.fused()(x.double()) - branch_sum(conv64, x.double())).abs().max() < 1e-12
 
 
 def test_lora_starts_as_identity_change() -> None:
@@ -92,18 +93,19 @@ def test_lora_delta_follows_loralib_shapes_rank_and_scaling() -> None:
     assert torch.allclose(layer(x_in), expected, atol=1e-5)
 
 
-def test_lora_merge_unmerge_and_dropout_path() -> None:
+def test_lora_merge_fused_and_dropout_path() -> None:
     base = nn.Conv2d(5, 5, 3, padding=1)
     layer = LoRAConv2d(base, LoraSpec(rank=3, alpha=6, dropout=0.5))
     nn.init.normal_(layer.lora_B, std=0.1)
     layer.eval()  # dropout off: the two-branch path must equal the merged weight
     x = torch.randn(2, 5, 6, 6)
     before = layer(x)
+    plain = layer.fused()
+    assert type(plain) is nn.Conv2d and torch.allclose(plain(x), before, atol=1e-5)
+    assert torch.allclose(plain.weight, base.weight + layer.delta_weight(), atol=1e-7)
     layer.merge()
     assert layer.merged and torch.allclose(layer(x), before, atol=1e-5)
-    layer.unmerge()
-    assert torch.allclose(layer.weight, base.weight, atol=1e-6)
-    assert torch.allclose(layer.to_conv()(x), before, atol=1e-5)
+    assert torch.equal(layer.weight, plain.weight) and torch.equal(layer.fused().weight, plain.weight)
     layer.train()
     torch.manual_seed(1)
     noisy = layer(x)
@@ -129,7 +131,7 @@ def test_inject_touches_only_matched_layers() -> None:
 def test_dsclora_student_placement_and_trainable_set() -> None:
     student = DSCLoRA(SpanConfig(channels=8, blocks=6, scale=4))
     wrapped = sorted(n for n, m in student.named_modules() if isinstance(m, LoRAConv2d))
-    assert len(wrapped) == 20  # 18 block convs + conv_2 + upsampler (paper-notes §2)
+    assert len(wrapped) == 20  # 18 block convs + conv_2 + upsampler (docs/method.md §2)
     assert "conv_1.eval_conv" not in wrapped and "conv_cat" not in wrapped
     trainable = mark_only_lora_trainable(student)
     names = [n for n, p in student.named_parameters() if p.requires_grad]
@@ -205,3 +207,26 @@ def test_fused_span_equals_span_with_fewer_macs(channels: int, blocks: int, scal
     c = channels
     saved = (4 * c * c - 2 * c * c - 3 * 9 * c) * 256 * 256
     assert conv_statistics(fused)["macs"] == expected_macs(c, blocks, scale, 256, 256) - saved
+
+
+def test_self_ensemble_is_the_mean_of_eight_hand_transformed_passes() -> None:
+    model = realistic(SPAN(SpanConfig(channels=6, blocks=1, scale=2))).eval()
+    x = torch.rand(1, 3, 9, 13)  # not square: rotations change the shape
+    outputs = []
+    with torch.no_grad():
+        for flip in (False, True):
+            for turns in range(4):
+                view = x.flip(3) if flip else x
+                out = model(torch.rot90(view, turns, (2, 3)))
+                out = torch.rot90(out, -turns, (2, 3))
+                outputs.append(out.flip(3) if flip else out)
+        expected = torch.stack(outputs).mean(0)
+        ensemble = SelfEnsemble(model, 8)
+        got = ensemble(x)
+        assert got.shape == (1, 3, 18, 26) and (got - expected).abs().max().item() <= 1e-6
+        assert (got - model(x)).abs().max().item() > 1e-4  # the network is not equivariant by itself
+        # the ensemble is exactly equivariant: transforming the input transforms the output
+        assert (ensemble(torch.rot90(x, 1, (2, 3))) - torch.rot90(got, 1, (2, 3))).abs().max().item() <= 1e-5
+        assert torch.equal(SelfEnsemble(model, 1)(x), model(x))
+    with pytest.raises(ValueError, match="1 or 8"):
+        SelfEnsemble(model, 4)

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import benchmark_set, official_weight
-from dsclora.checkpoints import detect, load_model, read_checkpoint
-from dsclora.data.io import read_uint8_rgb
+from dsclora.data.images import read_uint8_rgb
 from dsclora.errors import DscloraError
-from dsclora.profiling import conv_statistics, count_parameters
+from dsclora.measure.profiling import conv_statistics, count_parameters
+from dsclora.weights.checkpoints import detect, load_model, read_checkpoint
+from support import benchmark_set, official_weight
 
 
 def functional_span(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def test_official_detection_and_counts(key: str, channels: int, params: int) -> 
 
 
 def test_dscf_differs_from_its_base_only_where_dsclora_adapts() -> None:
-    """The released DSCLoRA vs SPAN-tiny: only the 20 adapted 3x3 weights changed (paper-notes §2).
+    """The released DSCLoRA vs SPAN-tiny: only the 20 adapted 3x3 weights changed (docs/method.md §2).
 
     The other tensors differ by float rounding only (relative ~1e-6, from re-parameterising), the adapted
     ones by 1e-4 .. 1e-2 relative.

@@ -9,21 +9,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dsclora.checkpoints import load_model
 from dsclora.cli import main
-from dsclora.loading import default_weights, embedded_weights
-from dsclora.utils import sha256_file
+from dsclora.fs import sha256_file
+from dsclora.weights.checkpoints import load_model
+from dsclora.weights.load import load
+from dsclora.weights.registry import embedded_weights, resolve
 
 CARD = Path(__file__).resolve().parents[1] / "src" / "dsclora" / "assets" / "MODEL_CARD.md"
 
 
 def test_embedded_model_is_a_plain_span_tiny_under_1mb() -> None:
     path = embedded_weights()
-    assert path is not None and path.stat().st_size < 1_000_000
+    assert path.stat().st_size < 1_000_000
     model, spec = load_model(path)
     assert (spec.arch, spec.form, spec.span.channels, spec.span.blocks, spec.span.scale) == ("span", "deploy", 26, 6, 4)
     assert sum(p.numel() for p in model.parameters()) == 130_828
-    assert default_weights() == str(path)
+    assert resolve("default") == path and load(None).path == path
 
 
 def test_model_card_names_the_shipped_file_by_hash() -> None:

@@ -1,4 +1,8 @@
-"""Training: the DSCLoRA recipe end to end, what learns, resume after SIGKILL, DDP equivalence, bad configs."""
+"""Training: the recipes end to end, what learns, resume after SIGKILL, DDP equivalence, bad configs.
+
+Runs on photos generated from scikit-image's wheel and on the embedded model as base, so it needs no
+workspace data: these tests run in any clone.
+"""
 
 from __future__ import annotations
 
@@ -9,60 +13,77 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import REPO, TRAIN, benchmark_set, official_weight
-from dsclora.checkpoints import load_model, read_checkpoint
 from dsclora.cli import main
+from dsclora.data.patches import PatchDataset, PositionSampler, training_images
 from dsclora.errors import DscloraError
 from dsclora.train.config import load_config
-from dsclora.train.data import PatchDataset, PositionSampler, training_images
-from dsclora.train.loop import Trainer, load_train_state
+from dsclora.train.loop import Trainer
+from dsclora.weights.checkpoints import load_model, read_checkpoint, read_train_state
+from dsclora.weights.load import load
+from support import REPO
 
 TINY_DSCLORA = REPO / "configs" / "dsclora_x4_tiny.yaml"
+TINY_ENS = REPO / "configs" / "dsclora_x4_ens_tiny.yaml"
 TINY_SPAN = REPO / "configs" / "span_x4_tiny.yaml"
 
 
-def tiny_overrides(out: Path, *extra: str) -> list[str]:
-    if not (TRAIN / "T91").is_dir():
-        pytest.skip(f"training images not found under {TRAIN} (../shared is absent)")
-    official_weight("span-tiny")
-    return [
-        f"data.train=[{TRAIN / 'T91'}]",
-        f"data.val=[{benchmark_set('Set5')}]",
-        f"run.output={out}",
-        "run.threads=1",
-        *extra,
-    ]
+@pytest.fixture(scope="session")
+def photo_folders(tmp_path_factory: pytest.TempPathFactory, sample_photo) -> tuple[Path, Path]:
+    """(HR folder of six 128x128 crops, LR folder of four 40x36 crops) of real photos."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    hr, lr = root / "hr", root / "lr"
+    hr.mkdir()
+    lr.mkdir()
+    photos = [sample_photo, data.coffee(), data.chelsea()]
+    for i, photo in enumerate(photos):
+        for j, (y, x) in enumerate(((40, 60), (150, 170))):
+            Image.fromarray(photo[y : y + 128, x : x + 128]).save(hr / f"p{i}{j}.png")
+        Image.fromarray(photo[200:236, 100:140]).save(lr / f"l{i}.png")
+    Image.fromarray(data.astronaut()[300:336, 300:340]).save(lr / "l9.png")
+    return hr, lr
 
 
-def fixed_batch(config, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    files, _ = training_images(config.data.train, config.data.patch * config.model.scale + 3)
-    dataset = PatchDataset(files, config.model.scale, config.data.patch, seed=123)
-    pairs = [dataset[k] for k in range(n)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+def overrides(folders: tuple[Path, Path], out: Path, *extra: str, lr_only: bool = False) -> list[str]:
+    hr, lr = folders
+    data = [f"data.train_lr=[{lr}]"] if lr_only else []
+    return [f"data.train=[{hr}]", *data, "data.val=[]", f"run.output={out}", "run.threads=1", *extra]
 
 
-def test_tiny_dsclora_run_learns_only_lora_and_merges(tmp_path: Path) -> None:
-    config = load_config(TINY_DSCLORA, tiny_overrides(tmp_path / "run", "run.steps=30", "optim.ema_decay=0"))
+def ens_overrides(folders: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return overrides(folders, out, *extra, lr_only=True)
+
+
+def fixed_batch(config, n: int = 8) -> dict[str, torch.Tensor]:
+    images, _ = training_images(config.data.train, [], config.data.patch, 4)
+    dataset = PatchDataset(images, 4, config.data.patch, seed=123)
+    samples = [dataset[k] for k in range(n)]
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+def test_paper_recipe_learns_only_lora_and_merges(tmp_path: Path, photo_folders) -> None:
+    config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "run", "run.steps=30", "optim.ema_decay=0"))
     trainer = Trainer(config, quiet=True)
-    teacher_state = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
-    lr, hr = fixed_batch(config)
+    teacher_state = {k: v.clone() for k, v in trainer.teacher.model.state_dict().items()}
+    batch = fixed_batch(config)
     with torch.no_grad():
-        before = trainer.losses(lr, hr)
+        before = trainer.losses(batch)
     assert before["ts"].item() == 0 and before["ad"].item() < 1e-6  # the student starts as its teacher
+    assert abs(before["loss"].item() - 0.5 * before["rec"].item()) < 1e-7  # λ1 = 0.5 (FAKD), by hand
     summary = trainer.run()
-    with torch.no_grad():
-        after = trainer.losses(lr, hr)
-    assert after["rec"].item() < before["rec"].item()  # fits the HR patches better than its start
     # Only LoRA factors moved: every base weight and bias is bit-identical to the teacher's.
     student_state = trainer.student.state_dict()
     for key, value in teacher_state.items():
         assert torch.equal(student_state[key], value), key
     changed = [k for k, v in student_state.items() if k.endswith("lora_B") and v.abs().sum() > 0]
     assert len(changed) == 20
-    # The merged result loads through the foundation's loader as a plain SPAN and equals the student.
+    # The merged result loads through the loader as a plain SPAN and equals the student.
     merged, spec = load_model(summary["final_model"])
     assert (spec.arch, spec.form, spec.span.channels) == ("span", "deploy", 26)
     x = torch.rand(1, 3, 20, 20)
@@ -71,8 +92,30 @@ def test_tiny_dsclora_run_learns_only_lora_and_merges(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "train.csv").read_text().startswith("step,lr,rec,ts,ad,loss")
 
 
-def test_span_recipe_trains_all_weights(tmp_path: Path) -> None:
-    config = load_config(TINY_SPAN, tiny_overrides(tmp_path / "span", "run.steps=20"))
+def test_ensemble_recipe_lowers_its_loss_and_moves_the_student(tmp_path: Path, photo_folders) -> None:
+    config = load_config(TINY_ENS, ens_overrides(photo_folders, tmp_path / "ens", "run.steps=40", "optim.ema_decay=0"))
+    trainer = Trainer(config, quiet=True)
+    dataset = trainer._dataset()
+    assert len(dataset.images) == 10 and dataset.targets is not None and not dataset.with_hr
+    samples = [dataset[k] for k in range(16)]
+    batch = {key: torch.stack([s[key] for s in samples]) for key in ("lr", "target")}
+    assert set(samples[0]) == {"lr", "target"}  # no HR is read: the recipe has no HR term
+    with torch.no_grad():
+        before = trainer.losses(batch)["ts"].item()
+    assert before > 0  # the ensemble differs from the single pass the student starts as
+    summary = trainer.run()
+    with torch.no_grad():
+        after = trainer.losses(batch)["ts"].item()
+    assert after < before
+    merged, _ = load_model(summary["final_model"])
+    base = load(None).module
+    x = batch["lr"][:2]
+    with torch.no_grad():
+        assert (merged(x) - base(x)).abs().max().item() > 1e-4  # the merged student is not its base any more
+
+
+def test_span_recipe_trains_all_weights(tmp_path: Path, photo_folders) -> None:
+    config = load_config(TINY_SPAN, overrides(photo_folders, tmp_path / "span", "run.steps=20"))
     trainer = Trainer(config, quiet=True)
     start = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     trainer.run()
@@ -82,8 +125,8 @@ def test_span_recipe_trains_all_weights(tmp_path: Path) -> None:
     assert "conv_1.eval_conv.weight" in state and "conv_1.sk.weight" not in state  # merged to deploy form
 
 
-def test_merge_cli_writes_deploy_model(tmp_path: Path, capsys) -> None:
-    config = load_config(TINY_DSCLORA, tiny_overrides(tmp_path / "run", "run.steps=10"))
+def test_merge_cli_writes_deploy_model(tmp_path: Path, photo_folders, capsys) -> None:
+    config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "run", "run.steps=10"))
     Trainer(config, quiet=True).run()
     out = tmp_path / "merged.safetensors"
     assert main(["merge", str(tmp_path / "run" / "latest.pt"), str(out)]) == 0
@@ -91,12 +134,16 @@ def test_merge_cli_writes_deploy_model(tmp_path: Path, capsys) -> None:
     final, _ = load_model(tmp_path / "run" / "final.safetensors")
     for key, value in final.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value)  # EMA weights, same merge
+    raw = tmp_path / "raw.safetensors"
+    assert main(["merge", str(tmp_path / "run" / "latest.pt"), str(raw), "--no-ema"]) == 0
+    assert not torch.equal(load_model(raw)[0].conv_2.eval_conv.weight, merged.conv_2.eval_conv.weight)
     # The training checkpoint itself also loads for inference, with its own config and EMA weights.
     direct, spec = load_model(tmp_path / "run" / "latest.pt")
     assert spec.arch == "dsclora" and spec.lora.block_alpha == 4.0
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         assert (direct(x) - merged(x)).abs().max().item() <= 1e-5
+    capsys.readouterr()
     assert main(["merge", str(out), str(tmp_path / "x.safetensors")]) == 2  # not a training checkpoint
     assert "not a dsclora training checkpoint" in capsys.readouterr().err
 
@@ -110,8 +157,8 @@ def test_positions_split_evenly_across_ranks() -> None:
     assert list(PositionSampler(steps=3, global_batch=4, start_step=2)) == single[8:]
 
 
-def _train_cmd(config: Path, overrides: list[str], *flags: str) -> list[str]:
-    return [sys.executable, "-m", "dsclora.cli", "train", str(config), *overrides, "--quiet", *flags]
+def _train_cmd(config: Path, args: list[str], *flags: str) -> list[str]:
+    return [sys.executable, "-m", "dsclora.cli", "train", str(config), *args, "--quiet", *flags]
 
 
 def _env() -> dict[str, str]:
@@ -119,19 +166,18 @@ def _env() -> dict[str, str]:
 
 
 def _final_state(out: Path) -> dict[str, torch.Tensor]:
-    state = load_train_state(out / "latest.pt")
+    state = read_train_state(out / "latest.pt")
     return {**state["model"], **{f"ema.{k}": v for k, v in state["ema"].items()}}
 
 
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
-    common = ["run.steps=60", "run.checkpoint_every=10", "run.val_every=0", "data.val=[]"]
-    full = tiny_overrides(tmp_path / "full", *common)
-    subprocess.run(_train_cmd(TINY_DSCLORA, full), env=_env(), check=True, capture_output=True)
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path, photo_folders) -> None:
+    common = ["run.steps=60", "run.checkpoint_every=10"]
+    full = ens_overrides(photo_folders, tmp_path / "full", *common)
+    subprocess.run(_train_cmd(TINY_ENS, full), env=_env(), check=True, capture_output=True)
 
-    cut = tiny_overrides(tmp_path / "cut", *common)
-    proc = subprocess.Popen(
-        _train_cmd(TINY_DSCLORA, cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    cut = ens_overrides(photo_folders, tmp_path / "cut", *common)
+    proc = subprocess.Popen(_train_cmd(TINY_ENS, cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "cut" / "latest.pt"
     deadline = time.time() + 120
     while not latest.exists() and time.time() < deadline and proc.poll() is None:
@@ -139,34 +185,25 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest.exists() and not (tmp_path / "cut" / "final.safetensors").exists(), "run was not cut mid-way"
-    killed_at = load_train_state(latest)["step"]
+    killed_at = read_train_state(latest)["step"]
     assert 0 < killed_at < 60
-    subprocess.run(_train_cmd(TINY_DSCLORA, cut, "--resume"), env=_env(), check=True, capture_output=True)
+    subprocess.run(_train_cmd(TINY_ENS, cut, "--resume"), env=_env(), check=True, capture_output=True)
 
     resumed, reference = _final_state(tmp_path / "cut"), _final_state(tmp_path / "full")
-    assert load_train_state(latest)["step"] == 60
+    assert read_train_state(latest)["step"] == 60
     for key, value in reference.items():
         assert torch.equal(resumed[key], value), key
 
 
-def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
-    common = ["run.steps=8", "run.checkpoint_every=8", "run.val_every=0", "data.val=[]", "data.batch=4"]
-    single = tiny_overrides(tmp_path / "single", *common)
-    subprocess.run(_train_cmd(TINY_DSCLORA, single), env=_env(), check=True, capture_output=True)
-    ddp = tiny_overrides(tmp_path / "ddp", *common)
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "-m",
-        "dsclora.cli",
-        "train",
-        str(TINY_DSCLORA),
-        *ddp,
-        "--quiet",
-    ]
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(tmp_path: Path, photo_folders) -> None:
+    # the recommended recipe: its cached targets are built by rank 0 and read by rank 1
+    common = ["run.steps=8", "run.checkpoint_every=8", "data.batch=4"]
+    single = ens_overrides(photo_folders, tmp_path / "single", *common)
+    subprocess.run(_train_cmd(TINY_ENS, single), env=_env(), check=True, capture_output=True)
+    ddp = ens_overrides(photo_folders, tmp_path / "ddp", *common)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    launcher += ["-m", "dsclora.cli", "train", str(TINY_ENS), *ddp, "--quiet"]
     proc = subprocess.run(launcher, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _final_state(tmp_path / "single"), _final_state(tmp_path / "ddp")
@@ -176,12 +213,12 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     for key, value in a.items():
         if key.endswith("lora_B"):
             assert ((b[key] - value).norm() / value.norm()).item() < 1e-2, key
-    single, _ = load_model(tmp_path / "single" / "final.safetensors")
+    single_model, _ = load_model(tmp_path / "single" / "final.safetensors")
     parallel, _ = load_model(tmp_path / "ddp" / "final.safetensors")
-    teacher, _ = load_model(official_weight("span-tiny"))
-    lr = fixed_batch(load_config(TINY_DSCLORA, ddp), n=1)[0]
+    teacher = load(None).module
+    lr = fixed_batch(load_config(TINY_ENS, ddp), n=1)["lr"]
     with torch.no_grad():
-        out_single, out_ddp, out_teacher = single(lr), parallel(lr), teacher(lr)
+        out_single, out_ddp, out_teacher = single_model(lr), parallel(lr), teacher(lr)
     ddp_gap = (out_single - out_ddp).abs().max().item()
     trained = (out_single - out_teacher).abs().max().item()
     assert ddp_gap <= 1e-4 and ddp_gap <= 0.01 * trained
@@ -197,40 +234,65 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
         ("data.train=[/no/such/folder]", "config key data.train: folder not found"),
         ("loss.affinity_layers=[block_9]", "config key loss.affinity_layers"),
         ("model.base=/no/such/weights.pth", "weights not found"),
+        ("model.lora.block_rank=0", "config key model.lora.block_rank"),
+        ("loss.teacher_ensemble=4", "config key loss.teacher_ensemble"),
+        ("data.train_lr=[/tmp]", "loss.rec must be 0"),
+        ("model.teacher=span-ch29", "weights not found"),
     ],
 )
-def test_bad_configs_give_one_line_error(tmp_path: Path, capsys, override: str, message: str) -> None:
-    argv = ["train", str(TINY_DSCLORA), *tiny_overrides(tmp_path / "bad", "run.steps=1"), override]
+def test_bad_configs_give_one_line_error(tmp_path: Path, photo_folders, capsys, override: str, message: str) -> None:
+    argv = ["train", str(TINY_DSCLORA), *overrides(photo_folders, tmp_path / "bad", "run.steps=1"), override]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
 
 
-def test_missing_config_file(capsys) -> None:
+def test_missing_config_file_and_print_config(capsys) -> None:
     assert main(["train", "/no/such.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
+    assert main(["train", str(TINY_ENS), "loss.teacher=2", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "  teacher: 2.0  # λ2:" in printed and "  teacher_ensemble: 8  # 1: the teacher's own output" in printed
+    assert all(" # " in line for line in printed.splitlines())  # every key comes with its meaning
 
 
-def test_existing_run_needs_resume(tmp_path: Path) -> None:
-    config = load_config(TINY_DSCLORA, tiny_overrides(tmp_path / "run", "run.steps=2"))
+def test_existing_run_needs_resume(tmp_path: Path, photo_folders) -> None:
+    config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "run", "run.steps=2"))
     Trainer(config, quiet=True).run()
     with pytest.raises(DscloraError, match="--resume"):
         Trainer(config, quiet=True)
 
 
-def test_nan_guard_skips_then_stops(tmp_path: Path) -> None:
-    config = load_config(TINY_DSCLORA, tiny_overrides(tmp_path / "nan", "run.max_bad_steps=3"))
+def test_nan_guard_skips_then_stops(tmp_path: Path, photo_folders) -> None:
+    config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "nan", "run.max_bad_steps=3"))
     trainer = Trainer(config, quiet=True)
-    lr, hr = fixed_batch(config, n=2)
+    batch = fixed_batch(config, n=2)
     before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
-    poisoned = lr.clone()
-    poisoned[0, 0, 0, 0] = float("nan")
+    poisoned = {**batch, "lr": batch["lr"].clone()}
+    poisoned["lr"][0, 0, 0, 0] = float("nan")
     with pytest.warns(UserWarning, match="non-finite loss"):
-        assert trainer.train_step(poisoned, hr) is None
-        assert trainer.train_step(poisoned, hr) is None
+        assert trainer.train_step(poisoned) is None
+        assert trainer.train_step(poisoned) is None
     for key, value in trainer.student.state_dict().items():
         assert torch.equal(value, before[key])  # skipped steps change nothing
-    assert trainer.train_step(lr, hr) is not None and trainer.bad_steps == 0  # a good step resets the count
+    assert trainer.train_step(batch) is not None and trainer.bad_steps == 0  # a good step resets the count
     with pytest.warns(UserWarning), pytest.raises(DscloraError, match="NaN/inf for 3 steps"):
         for _ in range(3):
-            trainer.train_step(poisoned, hr)
+            trainer.train_step(poisoned)
+
+
+def test_lr_only_images_are_used_as_they_are(photo_folders) -> None:
+    hr, lr = photo_folders
+    images, skipped = training_images([str(hr)], [str(lr)], patch=30, scale=4)
+    assert [i.has_hr for i in images] == [True] * 6 + [False] * 4 and not skipped
+    dataset = PatchDataset(images, 4, 30, seed=0, augment=False, with_hr=False)
+    index = next(i for i in range(len(images)) if not images[i].has_hr)
+    expected = np.asarray(Image.open(images[index].path).convert("RGB"))
+    assert np.array_equal(dataset.lr_image(index), expected)  # no resizing of LR-only images
+    with pytest.raises(DscloraError, match="no HR"):
+        PatchDataset(images, 4, 30, seed=0, with_hr=True)
+    # 128-pixel HR images give 32-pixel LR: a 33-pixel patch does not fit them, the 40x36 LR images still hold it
+    images, skipped = training_images([str(hr)], [str(lr)], patch=33, scale=4)
+    assert len(skipped) == 6 and all(not i.has_hr for i in images)
+    with pytest.raises(DscloraError, match="smaller than"):
+        training_images([str(hr)], [str(lr)], patch=37, scale=4)

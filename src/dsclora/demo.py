@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from dsclora.data.benchmark import modcrop
+from dsclora.data.images import LoadedImage, write_image
 from dsclora.data.imresize import imresize
-from dsclora.data.io import LoadedImage, write_image
 from dsclora.errors import DscloraError
-from dsclora.evaluate import super_resolve_uint8
-from dsclora.inference import Bicubic
-from dsclora.metrics import psnr_y, ssim_y
+from dsclora.measure.evaluate import super_resolve_uint8
+from dsclora.measure.metrics import psnr_y, ssim_y
+from dsclora.models.bicubic import Bicubic
+from dsclora.weights.load import LoadedModel
 
 SAMPLES = ("astronaut", "coffee", "chelsea")
 
@@ -27,14 +28,16 @@ def sample_photos() -> dict[str, np.ndarray]:
     return {name: getattr(data, name)() for name in SAMPLES}
 
 
-def run_demo(model: torch.nn.Module, scale: int, outdir: Path, device: torch.device, label: str) -> list[dict]:
+@torch.inference_mode()
+def run_demo(loaded: LoadedModel, photos: dict[str, np.ndarray], outdir: Path, device: torch.device) -> list[dict]:
+    scale = loaded.scale
     rows = []
     bicubic = Bicubic(scale)
-    for name, photo in sample_photos().items():
+    for name, photo in photos.items():
         hr = modcrop(photo[..., :3], scale)
         lr = imresize(hr, 1.0 / scale)
-        sr = super_resolve_uint8(model, lr, scale, device)
-        bic = super_resolve_uint8(bicubic, lr, scale, device)
+        sr = super_resolve_uint8(loaded.module, lr, device)
+        bic = super_resolve_uint8(bicubic, lr, device)
         for suffix, img in (("lr", lr), ("bicubic", bic), ("sr", sr), ("hr", hr)):
             write_image(outdir / f"{name}_{suffix}.png", LoadedImage(img.astype(np.float32) / 255.0))
         rows.append(
@@ -45,7 +48,7 @@ def run_demo(model: torch.nn.Module, scale: int, outdir: Path, device: torch.dev
                 "sr_ssim_y": ssim_y(sr, hr, scale),
             }
         )
-    print(f"model: {label}   x{scale}   outputs in {outdir}/")
+    print(f"model: {loaded.label}   x{scale}   outputs in {outdir}/")
     print(f"{'image':<12}{'bicubic':>10}{'model':>10}{'gain':>8}{'SSIM':>8}   (PSNR on Y, dB)")
     for r in rows:
         gain = r["sr_psnr_y"] - r["bicubic_psnr_y"]

@@ -1,1 +1,1 @@
-"""Images in and out, MATLAB-compatible bicubic resizing, and benchmark folders."""
+"""Images in and out, MATLAB-compatible bicubic, benchmark folders, and training patches (HR -> LR)."""

@@ -4,7 +4,9 @@ Layouts recognised for ``root`` and scale ``s`` (first match wins):
 1. ``root/x{s}/HR`` + ``root/x{s}/LR`` (this project's shared data, SelfExSR naming)
 2. ``root/HR`` + ``root/LR_bicubic/X{s}`` with ``{stem}x{s}.png`` or the HR name (BasicSR / SwinIR)
 3. ``root/HR`` + ``root/LR`` (same names)
-4. ``root/HR`` alone, or images directly in ``root``: LR = MATLAB ``imresize(modcrop(HR), 1/s)``, cached as
+4. the NTIRE ESR kit's ``<name>_HR/NNNN.png`` + ``<name>_LR/NNNNx{s}.png`` (e.g. DIV2K_LSDIR_valid): ``root``
+   holding one such pair of folders, or ``root`` being the ``_HR`` folder itself
+5. ``root/HR`` alone, or images directly in ``root``: LR = MATLAB ``imresize(modcrop(HR), 1/s)``, cached as
    PNG under the user cache so later runs read it back.
 HR is always mod-cropped to ``s`` (top-left kept), as the literature does.
 """
@@ -19,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dsclora.data.images import list_images, read_uint8_rgb
 from dsclora.data.imresize import imresize
-from dsclora.data.io import list_images, read_uint8_rgb
 from dsclora.errors import DscloraError
-from dsclora.utils import atomic_write, user_cache_dir
+from dsclora.fs import atomic_write, user_cache_dir
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,19 @@ def _match_lr(hr_files: list[Path], lr_dir: Path, scale: int) -> list[Pair]:
     return pairs
 
 
+def _ntire_folders(root: Path) -> tuple[Path, Path] | None:
+    """(``<name>_HR``, ``<name>_LR``) for the NTIRE kit layout, or None."""
+    if root.name.endswith("_HR"):
+        lr = root.with_name(root.name[: -len("_HR")] + "_LR")
+        return (root, lr) if lr.is_dir() else None
+    pairs = [(hr, hr.with_name(hr.name[:-3] + "_LR")) for hr in sorted(root.glob("*_HR")) if hr.is_dir()]
+    pairs = [(hr, lr) for hr, lr in pairs if lr.is_dir()]
+    if len(pairs) > 1:
+        names = ", ".join(hr.name[:-3] for hr, _ in pairs)
+        raise DscloraError(f"{root} holds several NTIRE-style sets ({names}); give one of <name>_HR folders")
+    return pairs[0] if pairs else None
+
+
 def find_pairs(root: str | os.PathLike, scale: int) -> list[Pair]:
     """The (HR, LR) pairs of a benchmark folder at ``scale``; see the module docstring for layouts."""
     root = Path(root)
@@ -58,9 +73,18 @@ def find_pairs(root: str | os.PathLike, scale: int) -> list[Pair]:
         (root / "HR", root / "LR_bicubic" / f"X{scale}"),
         (root / "HR", root / "LR"),
     ]
+    ntire = _ntire_folders(root)
+    if ntire is not None:
+        layouts.append(ntire)
     for hr_dir, lr_dir in layouts:
         if hr_dir.is_dir() and lr_dir.is_dir():
             return _match_lr(_nonempty(hr_dir), lr_dir, scale)
+    other_scales = sorted(p.name for p in [*root.glob("x[0-9]"), *root.glob("LR_bicubic/X[0-9]")] if p.is_dir())
+    if other_scales:
+        raise DscloraError(
+            f"{root} has no x{scale} data: it holds {', '.join(other_scales)} (looked for x{scale}/HR + x{scale}/LR "
+            f"and HR + LR_bicubic/X{scale})"
+        )
     hr_dir = root / "HR" if (root / "HR").is_dir() else root
     return [Pair(p.stem, p, None) for p in _nonempty(hr_dir)]
 
@@ -68,7 +92,10 @@ def find_pairs(root: str | os.PathLike, scale: int) -> list[Pair]:
 def _nonempty(folder: Path) -> list[Path]:
     files = list_images(folder)
     if not files:
-        raise DscloraError(f"no images in {folder}")
+        raise DscloraError(
+            f"no images in {folder} (layouts looked for: x<S>/HR + x<S>/LR, HR + LR_bicubic/X<S>, HR + LR, "
+            "<name>_HR + <name>_LR, or HR images)"
+        )
     return files
 
 

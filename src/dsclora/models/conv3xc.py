@@ -63,8 +63,8 @@ class Conv3XC(nn.Module):
         return F.conv2d(x, weight, bias, padding=1)
 
     @torch.no_grad()
-    def to_deploy(self) -> Conv3XC:
-        """A deploy-form copy whose ``eval_conv`` holds the collapsed kernel."""
+    def fused(self) -> Conv3XC:
+        """A deploy-form copy whose ``eval_conv`` holds the collapsed kernel (the ``forms.reparameterize`` hook)."""
         weight, bias = self.fused_weight_and_bias()
         deployed = Conv3XC(self.in_channels, self.out_channels, self.gain, deploy=True)
         deployed = deployed.to(device=weight.device, dtype=weight.dtype)

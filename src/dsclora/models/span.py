@@ -1,6 +1,6 @@
 """SPAN: Swift Parameter-free Attention Network (Wan et al., CVPRW 2024; NTIRE 2024 ESR winner).
 
-Facts this file follows (``paper-notes.md`` §1, checked against the official checkpoints):
+Facts this file follows (``docs/method.md`` §1, checked against the official checkpoints):
 - input in [0, 1] is shifted by the DIV2K RGB mean and scaled by 255 inside; the output is neither
   de-normalised nor clamped;
 - each SPAB returns ``silu(c1(x))`` as well as its output: the official block applies SiLU in place, so the
@@ -26,13 +26,15 @@ DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 class SpanConfig:
     """Hyperparameters of a SPAN; everything else is detected from a checkpoint's tensor shapes."""
 
-    channels: int = 48
-    blocks: int = 6
-    scale: int = 4
-    in_channels: int = 3
-    out_channels: int = 3
-    img_range: float = 255.0
-    rgb_mean: tuple[float, ...] = field(default=DIV2K_RGB_MEAN)
+    channels: int = field(default=48, metadata={"help": "feature width C (48 SPAN, 28 ch28, 26 SPAN-tiny)"})
+    blocks: int = field(default=6, metadata={"help": "number of SPABs"})
+    scale: int = field(default=4, metadata={"help": "upscaling factor (1-8)"})
+    in_channels: int = field(default=3, metadata={"help": "image channels in"})
+    out_channels: int = field(default=3, metadata={"help": "image channels out"})
+    img_range: float = field(default=255.0, metadata={"help": "the input is scaled by this after the mean shift"})
+    rgb_mean: tuple[float, ...] = field(
+        default=DIV2K_RGB_MEAN, metadata={"help": "mean subtracted from the [0, 1] input (DIV2K's RGB mean)"}
+    )
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.blocks < 1 or self.in_channels < 1 or self.out_channels < 1:
@@ -105,10 +107,6 @@ class SPAN(nn.Module):
     @property
     def blocks(self) -> list[SPAB]:
         return [getattr(self, f"block_{i}") for i in range(1, self.config.blocks + 1)]
-
-    @property
-    def scale(self) -> int:
-        return self.config.scale
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Super-resolve ``x`` and return ``(sr, [block_1 out, ..., block_N out, conv_2 out])``."""

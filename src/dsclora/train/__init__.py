@@ -1,1 +1,1 @@
-"""Training: typed YAML recipes, the patch data pipeline, the loop (EMA, AMP, resume), and DDP."""
+"""Training: typed YAML recipes, student and teacher, cached teacher targets, the objective, the loop, DDP."""

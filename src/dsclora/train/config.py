@@ -7,6 +7,7 @@ required values are errors that name the key, so a typo cannot silently fall bac
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -17,89 +18,123 @@ from typing import Any, Literal
 import yaml
 
 from dsclora.errors import DscloraError
+from dsclora.models.dsclora import DSCLoRAConfig
+from dsclora.models.span import SpanConfig
 
 DEFAULT_AD_LAYERS = ["block_1", "block_2", "block_3", "block_4", "block_5", "block_6", "conv_2"]
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``dsclora train --print-config``)."""
+    if isinstance(default, list) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    """What trains. ``dsclora``: ConvLoRA student on a pre-trained SPAN ``base`` (also the frozen teacher).
-    ``span``: a SPAN, from scratch (``init: null``) or initialised from ``init``, every weight trainable."""
+    """What trains, from what, and the teacher that supervises it."""
 
-    arch: Literal["dsclora", "span"] = "dsclora"
-    base: str | None = None  # dsclora: weights name or path of the pre-trained SPAN
-    init: str | None = None  # span: optional weights to start from
-    form: Literal["train", "deploy"] = "train"  # span: Conv3XC branches (train) or plain convs (deploy)
-    channels: int = 48
-    blocks: int = 6
-    scale: int = 4
-    block_rank: int = 2
-    block_alpha: float = 4.0
-    tail_rank: int = 8
-    tail_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    arch: Literal["dsclora", "span"] = option(
+        "dsclora",
+        "dsclora: ConvLoRA student on the pre-trained SPAN `base`, only ΔW learns; "
+        "span: a SPAN, every weight trainable (from `init` or from scratch with `span`)",
+    )
+    base: str | None = option(None, "dsclora: the pre-trained SPAN to adapt (registry name or file)")
+    init: str | None = option(None, "span: weights to start from (registry name or file); null = from scratch")
+    teacher: str | None = option(
+        None, "weights of the frozen teacher (any supported SPAN); null = the base (dsclora) or init (span)"
+    )
+    form: Literal["train", "deploy"] = option(
+        "train", "span: Conv3XC branches (train, as SPAN trains) or plain 3x3 convs (deploy)"
+    )
+    span: SpanConfig = option(SpanConfig(), "span from scratch: its shape (channels, blocks, scale, ...)")
+    lora: DSCLoRAConfig = option(DSCLoRAConfig(), "dsclora: rank / α / dropout of the ConvLoRA updates")
 
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)  # HR folders (images directly inside, or in HR/)
-    val: list[str] = field(default_factory=list)  # benchmark folders (any layout `dsclora eval` reads)
-    patch: int = 64  # LR patch side; HR patches are patch * scale
-    batch: int = 16  # global batch (split evenly across DDP ranks)
-    workers: int = 2
-    augment: bool = True  # random flips and 90° rotations
-    cache_in_memory: bool = True  # keep decoded HR and LR images in RAM
-    val_max_images: int = 0  # 0 = every image of each validation set
+    """Where patches come from and how many."""
+
+    train: list[str] = option([], "HR image folders (images directly inside, or in HR/); LR = MATLAB bicubic")
+    train_lr: list[str] = option(
+        [], "LR image folders used as they are (no HR): only for recipes whose target is the teacher (loss.rec 0)"
+    )
+    val: list[str] = option([], "benchmark folders validated during training (any layout `dsclora eval` reads)")
+    patch: int = option(64, "LR patch side in pixels; HR / teacher patches are patch x scale")
+    batch: int = option(16, "global batch (split evenly across DDP processes)")
+    workers: int = option(2, "data-loading processes (0 = in the training process)")
+    augment: bool = option(True, "random flips and 90° rotations of every patch")
+    cache_in_memory: bool = option(True, "keep decoded images in RAM after first use")
+    val_max_images: int = option(0, "validate on the first N images of each set (0 = all)")
 
 
 @dataclass
 class LossConfig:
-    rec: float = 0.5  # λ1 · L_rec(SR, HR)
-    teacher: float = 0.5  # λ2 · L1(SR, teacher SR)
-    affinity: float = 10.0  # λ3 · spatial affinity distillation (FAKD defaults, paper-notes §2)
-    rec_kind: Literal["l1", "charbonnier"] = "l1"
-    affinity_layers: list[str] = field(default_factory=lambda: list(DEFAULT_AD_LAYERS))
-    affinity_chunk: int = 1024  # rows of the N x N affinity per block: bounds memory (see losses.py)
+    """L = rec · d(SR, HR) + teacher · d(SR, teacher SR) + affinity · L_AD (docs/method.md §2)."""
+
+    rec: float = option(0.5, "λ1: weight of the reconstruction term against HR (FAKD default 0.5)")
+    teacher: float = option(0.5, "λ2: weight of the term against the teacher's SR output (FAKD default 0.5)")
+    affinity: float = option(10.0, "λ3: weight of spatial-affinity distillation (FAKD default 10)")
+    rec_distance: Literal["l1", "l2", "charbonnier"] = option("l1", "distance of the reconstruction term")
+    teacher_distance: Literal["l1", "l2", "charbonnier"] = option("l1", "distance of the teacher-output term")
+    teacher_ensemble: int = option(1, "1: the teacher's own output; 8: its x8 geometric self-ensemble")
+    teacher_targets: Literal["online", "cached"] = option(
+        "online",
+        "online: the teacher runs on each LR patch (the paper); cached: it runs once per training image on the "
+        "whole image and its SR is stored and cropped like the patch (no patch-border effects, no teacher cost)",
+    )
+    affinity_distance: Literal["l1", "l2"] = option(
+        "l1", "l1: mean |A_s - A_t| (FAKD, O(N²·C)); l2: mean squared, by C x C Gram products (O(N·C²))"
+    )
+    affinity_layers: list[str] = option(DEFAULT_AD_LAYERS, "feature maps compared: block_1..block_N, conv_2")
+    affinity_chunk: int = option(1024, "rows of the N x N affinity per block (l1): bounds its memory")
 
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 5e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
-    scheduler: Literal["cosine", "multistep", "constant"] = "cosine"
-    warmup_steps: int = 0
-    milestones: list[int] = field(default_factory=list)  # multistep: steps where lr *= gamma
-    gamma: float = 0.5
-    min_lr: float = 1e-7  # cosine floor
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    ema_decay: float = 0.999  # 0 = no EMA
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    """Optimiser, schedule and weight averaging."""
+
+    optimizer: Literal["adam", "adamw"] = option("adam", "adam or adamw")
+    lr: float = option(5e-4, "peak learning rate")
+    betas: list[float] = option([0.9, 0.99], "Adam betas")
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw)")
+    scheduler: Literal["cosine", "multistep", "constant"] = option("cosine", "learning-rate schedule after warm-up")
+    warmup_steps: int = option(0, "linear warm-up steps")
+    milestones: list[int] = option([], "multistep: steps where lr is multiplied by gamma")
+    gamma: float = option(0.5, "multistep factor")
+    min_lr: float = option(1e-7, "cosine: the learning rate at the last step")
+    grad_clip: float = option(0.0, "largest global gradient norm; 0 = no clipping")
+    ema_decay: float = option(0.999, "exponential moving average of the weights (what is validated and saved); 0 = off")
+    amp: Literal["none", "bf16", "fp16"] = option("none", "mixed precision: none, bf16 (CPU or GPU), fp16 (GPU)")
 
 
 @dataclass
 class RunConfig:
-    steps: int = 1000
-    seed: int = 0
-    output: str = "runs/experiment"
-    device: str = "auto"
-    log_every: int = 10
-    val_every: int = 500  # 0 = validate only at the end
-    checkpoint_every: int = 500
-    max_bad_steps: int = 5  # consecutive non-finite losses before stopping
-    tensorboard: bool = True  # if the tensorboard package is installed
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    """Length, output and bookkeeping of a run."""
+
+    steps: int = option(1000, "optimiser steps")
+    seed: int = option(0, "seed of the LoRA initialisation and of the data order (a function of (seed, position))")
+    output: str = option("runs/experiment", "folder for logs, checkpoints and final.safetensors")
+    device: str = option("auto", "cpu, cuda, mps or auto")
+    log_every: int = option(10, "steps between rows of train.csv")
+    val_every: int = option(500, "steps between validations; 0 = only at the end")
+    checkpoint_every: int = option(500, "steps between writes of latest.pt")
+    max_bad_steps: int = option(5, "consecutive non-finite losses before the run stops")
+    tensorboard: bool = option(True, "also log to TensorBoard when the package is installed")
+    threads: int = option(0, "torch CPU threads; 0 = torch's default")
 
 
 @dataclass
 class TrainConfig:
-    name: str = "experiment"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    """A training recipe: the YAML file's top level."""
+
+    name: str = option("experiment", "run name, shown in logs")
+    model: ModelConfig = option(ModelConfig(), "what trains")
+    data: DataConfig = option(DataConfig(), "training and validation data")
+    loss: LossConfig = option(LossConfig(), "the objective")
+    optim: OptimConfig = option(OptimConfig(), "optimiser and schedule")
+    run: RunConfig = option(RunConfig(), "length and output")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,15 +167,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in allowed:
             raise DscloraError(f"config key {key}: {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
-    if origin is list:
-        if not isinstance(value, list):
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
             raise DscloraError(f"config key {key}: expected a list, got {type(value).__name__} {value!r}")
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        inner = typing.get_args(tp)[0]
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
@@ -161,7 +202,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise DscloraError(f"unknown config key {key} (known here: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a model dataclass's own range checks
+        raise DscloraError(f"config key {where}: {exc}") from None
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -182,7 +226,10 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), check: bool = True
+) -> TrainConfig:
+    """The recipe at ``path`` with dotted overrides, types checked; ``check`` adds ``validate`` (files, ranges)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -197,36 +244,50 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for assignment in overrides:
         apply_override(data, assignment)
     config = _build(TrainConfig, data, "")
-    validate(config)
+    if check:
+        validate(config)
     return config
 
 
 def validate(config: TrainConfig) -> None:
     """Checks that need more than a type: ranges, files that must exist, consistent choices."""
-    m, d, r, o = config.model, config.data, config.run, config.optim
+    m, d, r, o, loss = config.model, config.data, config.run, config.optim, config.loss
     if m.arch == "dsclora" and not m.base:
         raise DscloraError("config key model.base: a dsclora student needs the pre-trained SPAN to adapt")
     positive = {
         "data.patch": d.patch,
         "data.batch": d.batch,
         "run.steps": r.steps,
-        "model.channels": m.channels,
-        "model.blocks": m.blocks,
-        "model.block_rank": m.block_rank,
-        "model.tail_rank": m.tail_rank,
-        "loss.affinity_chunk": config.loss.affinity_chunk,
+        "model.lora.block_rank": m.lora.block_rank,
+        "model.lora.tail_rank": m.lora.tail_rank,
+        "loss.affinity_chunk": loss.affinity_chunk,
         "run.log_every": r.log_every,
         "run.checkpoint_every": r.checkpoint_every,
     }
     for key, value in positive.items():
         if value < 1:
             raise DscloraError(f"config key {key}: must be >= 1, got {value}")
-    if not d.train:
-        raise DscloraError("config key data.train: give at least one HR image folder")
-    for key, folders in (("data.train", d.train), ("data.val", d.val)):
+    if not d.train and not d.train_lr:
+        raise DscloraError("config key data.train: give at least one HR image folder (or LR folders in data.train_lr)")
+    if d.train_lr and loss.rec > 0:
+        raise DscloraError(
+            "config key data.train_lr: LR-only images have no HR to reconstruct, so loss.rec must be 0 "
+            "(learn from the teacher: loss.teacher > 0)"
+        )
+    for key, folders in (("data.train", d.train), ("data.train_lr", d.train_lr), ("data.val", d.val)):
         for folder in folders:
             if not Path(folder).is_dir():
                 raise DscloraError(f"config key {key}: folder not found: {folder}")
+    for key in ("rec", "teacher", "affinity"):
+        if getattr(loss, key) < 0:
+            raise DscloraError(f"config key loss.{key}: must be >= 0")
+    if loss.rec == loss.teacher == loss.affinity == 0:
+        raise DscloraError("config key loss: every weight (rec, teacher, affinity) is 0: nothing would be learned")
+    if loss.teacher_ensemble not in (1, 8):
+        raise DscloraError(f"config key loss.teacher_ensemble: must be 1 or 8, got {loss.teacher_ensemble}")
+    needs_teacher = loss.teacher > 0 or loss.affinity > 0
+    if needs_teacher and m.arch == "span" and not (m.teacher or m.init):
+        raise DscloraError("config key model.teacher: a SPAN trained from scratch has no teacher unless one is named")
     if o.lr <= 0:
         raise DscloraError(f"config key optim.lr: must be > 0, got {o.lr}")
     if not 0 <= o.ema_decay < 1:
@@ -235,3 +296,24 @@ def validate(config: TrainConfig) -> None:
         raise DscloraError("config key optim.betas: expected two numbers")
     if d.workers < 0:
         raise DscloraError("config key data.workers: must be >= 0")
+
+
+def describe(config: TrainConfig) -> str:
+    """The resolved recipe as YAML, every key followed by its meaning (``dsclora train --print-config``)."""
+    lines: list[str] = []
+
+    def walk(obj: Any, indent: int) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            note = f.metadata.get("help", "")
+            pad = "  " * indent
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:{'  # ' + note if note else ''}")
+                walk(value, indent + 1)
+            else:
+                text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+                text = text.strip().removesuffix("...").strip()
+                lines.append(f"{pad}{f.name}: {text}{'  # ' + note if note else ''}")
+
+    walk(config, 0)
+    return "\n".join(lines) + "\n"

@@ -1,14 +1,14 @@
-"""The training loop: DSCLoRA (ConvLoRA student + teacher distillation) and plain SPAN recipes.
+"""The training loop: a student learns from HR patches and/or a frozen teacher; EMA, AMP, resume, DDP.
 
-One ``Trainer`` runs both; the config decides what trains and which loss terms are on. Everything a resumed
-run needs lives in ``latest.pt`` (model, optimiser, scheduler, EMA, RNG, step, best score), written
-atomically every ``run.checkpoint_every`` steps; data order is a function of the step (``train/data.py``),
-so a resumed run continues exactly where the checkpoint left off.
+One ``Trainer`` runs every recipe; the config decides what trains (``networks``), where the teacher's targets
+come from (online, or ``teacher.TeacherTargets``), and which loss terms are on (``losses.Objective``).
+Everything a resumed run needs lives in ``latest.pt`` (model, optimiser, scheduler, EMA, RNG, step, best
+score), written atomically every ``run.checkpoint_every`` steps; data order is a function of the step
+(``data.patches``), so a resumed run continues exactly where the checkpoint left off.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -18,66 +18,31 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dsclora.checkpoints import TRAIN_STATE_FORMAT, ModelSpec, load_model, save_model, spec_of
+from dsclora.data.patches import PatchDataset, PositionSampler, default_workers, training_images
+from dsclora.devices import resolve_device
 from dsclora.errors import DscloraError
-from dsclora.evaluate import evaluate_dataset
-from dsclora.inference import resolve_device
-from dsclora.lora import mark_only_lora_trainable
-from dsclora.losses import reconstruction_loss, spatial_affinity_loss
-from dsclora.models.dsclora import DSCLoRA, DSCLoRAConfig
-from dsclora.models.span import SPAN, SpanConfig
-from dsclora.profiling import rss_kib
-from dsclora.reparam import max_abs_difference, to_deploy
+from dsclora.fs import atomic_write
+from dsclora.measure.evaluate import evaluate_dataset
+from dsclora.measure.profiling import peak_memory
+from dsclora.models.ensemble import SelfEnsemble
+from dsclora.models.forms import convert
+from dsclora.models.span import SPAN
 from dsclora.train.config import TrainConfig
-from dsclora.train.data import PatchDataset, PositionSampler, default_workers, training_images
 from dsclora.train.distributed import DistInfo, all_finite, barrier, init_distributed, shutdown
 from dsclora.train.ema import EMA
-from dsclora.utils import atomic_write
-from dsclora.weights import resolve
+from dsclora.train.logger import Logger
+from dsclora.train.losses import Objective
+from dsclora.train.networks import Teacher, build_student, build_teacher
+from dsclora.train.schedule import lr_factor, make_optimizer
+from dsclora.train.teacher import TeacherTargets
+from dsclora.weights.checkpoints import ModelSpec, read_train_state, save_model, spec_of, write_train_state
 
-STATE_FORMAT = TRAIN_STATE_FORMAT
-
-
-# ----------------------------------------------------------------------------------------------- models
-
-
-def build_models(config: TrainConfig, device: torch.device) -> tuple[SPAN, SPAN | None]:
-    """(student, frozen teacher or None) per ``config.model``."""
-    m = config.model
-    if m.arch == "dsclora":
-        base, spec = load_model(resolve(m.base), device)
-        if spec.span.scale != m.scale:
-            raise DscloraError(f"config key model.scale: {m.scale}, but {m.base} is a x{spec.span.scale} model")
-        lora = DSCLoRAConfig(m.block_rank, m.block_alpha, m.tail_rank, m.tail_alpha, m.lora_dropout)
-        student = DSCLoRA.from_span(base, lora).to(device)
-        mark_only_lora_trainable(student)
-        teacher = to_deploy(base).to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return student, teacher
-    if m.init:
-        model, spec = load_model(resolve(m.init), device)
-        if spec.arch != "span":
-            raise DscloraError(f"config key model.init: {m.init} is a {spec.arch} checkpoint, not a SPAN")
-        model = to_deploy(model) if m.form == "deploy" else _as_train_form(model)
-    else:
-        model = SPAN(SpanConfig(channels=m.channels, blocks=m.blocks, scale=m.scale), deploy=m.form == "deploy")
-    model = model.to(device).train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model, None
-
-
-def _as_train_form(model: SPAN) -> SPAN:
-    from dsclora.export import deploy_to_train_form
-
-    return model if not model.deploy else deploy_to_train_form(model)
+Batch = dict[str, torch.Tensor]
 
 
 class _WithFeatures(nn.Module):
@@ -89,48 +54,6 @@ class _WithFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.model.forward_features(x)
-
-
-def affinity_indices(layers: list[str], blocks: int) -> list[int]:
-    """Positions in ``forward_features``'s list: block_i -> i - 1, conv_2 -> last."""
-    index = {f"block_{i}": i - 1 for i in range(1, blocks + 1)} | {"conv_2": blocks}
-    unknown = [name for name in layers if name not in index]
-    if unknown:
-        raise DscloraError(f"config key loss.affinity_layers: unknown layer {unknown[0]} (use {', '.join(index)})")
-    return [index[name] for name in layers]
-
-
-# ----------------------------------------------------------------------------------------------- schedule
-
-
-def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    o = config.optim
-    cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-
-
-def lr_factor(config: TrainConfig, step: int) -> float:
-    """Multiplier of the base lr at ``step``: linear warm-up, then cosine / multistep / constant."""
-    o, total = config.optim, config.run.steps
-    if o.warmup_steps and step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.scheduler == "multistep":
-        return o.gamma ** sum(step >= m for m in o.milestones)
-    if o.scheduler == "cosine":
-        span = max(total - o.warmup_steps, 1)
-        progress = min((step - o.warmup_steps) / span, 1.0)
-        floor = o.min_lr / o.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
-
-
-# ----------------------------------------------------------------------------------------------- trainer
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return (rss_kib("VmHWM") or 0) / 1024
 
 
 class Trainer:
@@ -147,13 +70,20 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         self.out = Path(config.run.output)
         torch.manual_seed(config.run.seed)
-        self.student, self.teacher = build_models(config, self.device)
+        self.student = build_student(config.model, self.device)
+        self.scale = self.student.config.scale
         self.spec: ModelSpec = spec_of(self.student)
-        distilling = self.teacher is not None and config.loss.affinity > 0
-        self.layers = affinity_indices(config.loss.affinity_layers, self.student.config.blocks) if distilling else []
+        loss = config.loss
+        self.teacher: Teacher | None = None
+        if loss.teacher > 0 or loss.affinity > 0:
+            self.teacher = build_teacher(config.model, self.scale, self.device)
+        self.cached_targets = loss.teacher > 0 and loss.teacher_targets == "cached"
+        self.objective = Objective(loss, self.student.config.blocks)
         self.trainable = [p for p in self.student.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(config, self.trainable)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
+        self.optimizer = make_optimizer(config.optim, self.trainable)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(config.optim, config.run.steps, s)
+        )
         self.ema = EMA(self.student, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
         self.scaler = (
             torch.amp.GradScaler("cuda") if config.optim.amp == "fp16" and self.device.type == "cuda" else None
@@ -176,7 +106,6 @@ class Trainer:
 
     def _state(self) -> dict:
         return {
-            "format": STATE_FORMAT,
             "config": self.config.to_dict(),
             "model_spec": self.spec.to_dict(),
             "model": self.student.state_dict(),
@@ -191,14 +120,13 @@ class Trainer:
 
     def save_state(self, name: str) -> Path:
         path = self.out / name
-        with atomic_write(path) as tmp:
-            torch.save(self._state(), tmp)
+        write_train_state(path, self._state())
         return path
 
     def _load_state(self, path: Path) -> None:
         if not path.is_file():
             raise DscloraError(f"--resume: no checkpoint at {path}")
-        state = load_train_state(path)
+        state = read_train_state(path)
         saved = state["config"]
         current = self.config.to_dict()
         for section in ("model", "data", "loss", "optim"):
@@ -217,45 +145,60 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- losses
 
-    def losses(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def _teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """(teacher SR, teacher features) as far as the objective needs them."""
         c = self.config.loss
-        sr, features = self.net(lr)
-        terms = {"rec": reconstruction_loss(sr, hr, c.rec_kind)}
-        total = c.rec * terms["rec"]
-        if self.teacher is not None and (c.teacher > 0 or c.affinity > 0):
-            with torch.no_grad():
-                sr_t, features_t = self.teacher.forward_features(lr)
-            if c.teacher > 0:
-                terms["ts"] = F.l1_loss(sr, sr_t)
-                total = total + c.teacher * terms["ts"]
-            if c.affinity > 0:
-                terms["ad"] = sum(
-                    spatial_affinity_loss(features[i], features_t[i], c.affinity_chunk) for i in self.layers
-                )
-                total = total + c.affinity * terms["ad"]
-        terms["loss"] = total
-        return terms
+        lr = batch["lr"]
+        teacher_sr = batch.get("target") if self.cached_targets else None
+        features = None
+        if c.affinity > 0:  # features of a single pass, even under an ensemble (an ensemble has no one map)
+            single_sr, features = self.teacher.model.forward_features(lr)
+            if c.teacher > 0 and teacher_sr is None and c.teacher_ensemble == 1:
+                teacher_sr = single_sr
+        if c.teacher > 0 and teacher_sr is None:
+            teacher_sr = SelfEnsemble(self.teacher.model, c.teacher_ensemble)(lr)
+        return teacher_sr, features
 
-    # -------------------------------------------------------------------------------- loop
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Every loss term of one batch (``lr``, and ``hr`` / ``target`` as the recipe needs)."""
+        sr, features = self.net(batch["lr"])
+        teacher_sr, teacher_features = self._teacher_outputs(batch) if self.teacher else (None, None)
+        return self.objective(sr, features, batch.get("hr"), teacher_sr, teacher_features)
 
-    def _loader(self) -> DataLoader:
+    # -------------------------------------------------------------------------------- data
+
+    def _dataset(self) -> PatchDataset:
         c = self.config
-        # mod-crop can take up to scale - 1 pixels off a side: keep images that still hold a whole HR patch
-        files, skipped = training_images(c.data.train, c.data.patch * c.model.scale + c.model.scale - 1)
+        images, skipped = training_images(c.data.train, c.data.train_lr, c.data.patch, self.scale)
         if skipped and self.dist.is_main and not self.quiet:
-            tqdm.write(f"skipping {len(skipped)} training image(s) smaller than the HR patch (e.g. {skipped[0].name})")
+            tqdm.write(f"skipping {len(skipped)} training image(s) smaller than the patch (e.g. {skipped[0].name})")
         dataset = PatchDataset(
-            files,
-            c.model.scale,
+            images,
+            self.scale,
             c.data.patch,
             c.run.seed,
             c.data.augment,
             c.data.cache_in_memory,
+            with_hr=c.loss.rec > 0,
         )
+        if self.cached_targets:
+            targets = TeacherTargets(
+                self.teacher.model, self.teacher.weights_sha256, c.loss.teacher_ensemble, self.scale
+            )
+            lr_images = [dataset.lr_image(i) for i in range(len(images))]
+            # one process computes what is missing (with a progress bar), the others then read it
+            computed = targets.get_all(lr_images, progress=not self.quiet) if self.dist.is_main else None
+            barrier(self.dist)
+            dataset.set_targets(computed or targets.get_all(lr_images, progress=False))
+        return dataset
+
+    def _loader(self) -> DataLoader:
+        c = self.config
         sampler = PositionSampler(c.run.steps, c.data.batch, self.dist.rank, self.dist.world, self.step)
         workers = default_workers(c.data.workers)
         return DataLoader(
-            dataset,
+            self._dataset(),
             batch_size=sampler.per_rank,
             sampler=sampler,
             num_workers=workers,
@@ -264,17 +207,19 @@ class Trainer:
             multiprocessing_context="fork" if workers and sys.platform.startswith("linux") else None,
         )
 
+    # -------------------------------------------------------------------------------- steps
+
     def _autocast(self):
         amp = self.config.optim.amp
         if amp == "none":
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float] | None:
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
         """One optimiser step; None when the loss was not finite and the step was skipped."""
         self.student.train()
         with self._autocast():
-            terms = self.losses(lr, hr)
+            terms = self.losses(batch)
         loss = terms["loss"]
         if not all_finite(bool(torch.isfinite(loss)), self.dist, self.device):
             self.optimizer.zero_grad(set_to_none=True)
@@ -316,19 +261,14 @@ class Trainer:
         averaged.load_state_dict(self.ema.state_dict())
         return averaged
 
-    def eval_model(self) -> SPAN:
-        """``averaged_model`` merged to a plain deploy-form SPAN."""
-        return to_deploy(self.averaged_model()).eval()
-
     def validate(self) -> dict | None:
         c = self.config.data
         if not c.val:
             return None
-        model = self.eval_model()
+        model, _ = convert(self.averaged_model(), "deploy")
+        model.eval()
         results = [
-            evaluate_dataset(
-                model, root, self.config.model.scale, self.device, progress=False, limit=c.val_max_images or None
-            )
+            evaluate_dataset(model, root, self.scale, self.device, progress=False, limit=c.val_max_images or None)
             for root in c.val
         ]
         return {
@@ -337,39 +277,43 @@ class Trainer:
             "per_set": {r["dataset"]: {"psnr_y": r["psnr_y"], "ssim_y": r["ssim_y"]} for r in results},
         }
 
+    # -------------------------------------------------------------------------------- run
+
     def run(self) -> dict:
         c = self.config
         main = self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
-        logger = _Logger(self.out, c.run.tensorboard, append=self.resume) if main else None
-        trainable = sum(p.numel() for p in self.trainable)
-        if main and not self.quiet:
-            tqdm.write(
-                f"{c.name}: {self.spec.arch} x{c.model.scale}, {trainable:,} trainable parameters, "
-                f"{c.run.steps} steps of batch {c.data.batch} on {self.device} x{self.dist.world}"
-                + (f", resuming at step {self.step}" if self.step else "")
-            )
-        bar = tqdm(
-            total=c.run.steps, initial=self.step, disable=not main or self.quiet, unit="step", dynamic_ncols=True
-        )
-        start, window = time.perf_counter(), time.perf_counter()
-        last: dict[str, float] = {}
+            with atomic_write(self.out / "config.json") as tmp:
+                tmp.write_text(json.dumps(c.to_dict(), indent=2))
+        logger = Logger(self.out, c.run.tensorboard, append=self.resume) if main else None
+        bar = None
         try:
-            for lr, hr in self._loader():
-                lr, hr = lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True)
-                terms = self.train_step(lr, hr)
+            loader = self._loader()
+            if main and not self.quiet:
+                trainable = sum(p.numel() for p in self.trainable)
+                tqdm.write(
+                    f"{c.name}: {self.spec.arch} x{self.scale}, {trainable:,} trainable parameters, "
+                    f"{c.run.steps} steps of batch {c.data.batch} on {self.device} x{self.dist.world}"
+                    + (f", resuming at step {self.step}" if self.step else "")
+                )
+            bar = tqdm(
+                total=c.run.steps, initial=self.step, disable=not main or self.quiet, unit="step", dynamic_ncols=True
+            )
+            start = window = time.perf_counter()
+            last: dict[str, float] = {}
+            for batch in loader:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                terms = self.train_step(batch)
                 last = terms or last
                 if main and terms is not None and self.step % c.run.log_every == 0:
-                    elapsed = time.perf_counter() - window
-                    window = time.perf_counter()
+                    elapsed, window = time.perf_counter() - window, time.perf_counter()
                     row = {
                         "step": self.step,
                         "lr": self.scheduler.get_last_lr()[0],
                         **terms,
                         "sec_per_step": elapsed / c.run.log_every,
-                        "peak_mem_mib": peak_memory_mib(self.device),
+                        "peak_mem_mib": peak_memory(self.device) / 2**20,
                     }
                     logger.log("train", row)
                     bar.set_postfix(
@@ -395,16 +339,18 @@ class Trainer:
             if main:
                 self.save_state("latest.pt")
                 summary.update(self._export())
-                (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+                with atomic_write(self.out / "summary.json") as tmp:
+                    tmp.write_text(json.dumps(summary, indent=2, default=str))
             barrier(self.dist)
             return summary
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             if logger:
                 logger.close()
             shutdown(self.dist)
 
-    def _validate_and_keep_best(self, logger: _Logger | None) -> dict | None:
+    def _validate_and_keep_best(self, logger: Logger | None) -> dict | None:
         result = self.validate() if self.dist.is_main else None
         if result is not None and logger is not None:
             logger.log("val", {"step": result["step"], "psnr_y": result["psnr_y"]})
@@ -417,93 +363,8 @@ class Trainer:
         return result
 
     def _export(self) -> dict:
-        """Merge to a plain SPAN, check it against the training form, write ``final.safetensors``."""
-        reference = self.averaged_model()
-        deployed = to_deploy(reference).eval()
-        probe = self._probe_image()
-        diff = max_abs_difference(reference, deployed, probe)
-        if diff > 1e-4:
-            raise DscloraError(f"merged model differs from the training form by {diff:.2e} (> 1e-4)")
+        """Merge to a plain SPAN (checked against the training form) and write ``final.safetensors``."""
+        deployed, diff = convert(self.averaged_model(), "deploy")
         path = self.out / "final.safetensors"
         save_model(deployed, path)
         return {"final_model": str(path), "merge_max_abs_diff": diff}
-
-    def _probe_image(self) -> torch.Tensor:
-        from dsclora.data.benchmark import find_pairs, load_pair
-
-        if self.config.data.val:
-            pair = find_pairs(self.config.data.val[0], self.config.model.scale)[0]
-            _, lr = load_pair(pair, self.config.model.scale)
-            lr = lr[:96, :96]
-            return torch.from_numpy(lr.transpose(2, 0, 1).copy()).float().div(255)[None].to(self.device)
-        return torch.rand(1, 3, 48, 48, device=self.device)
-
-
-class _Logger:
-    """CSV files per stream (train.csv, val.csv) and TensorBoard scalars when the package is installed."""
-
-    def __init__(self, out: Path, tensorboard: bool, append: bool) -> None:
-        self.out = out
-        if not append:  # a fresh run starts fresh logs
-            for stale in out.glob("*.csv"):
-                stale.unlink()
-        self.files: dict[str, tuple] = {}
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                self.tb = None
-
-    def log(self, stream: str, row: dict) -> None:
-        if stream not in self.files:
-            path = self.out / f"{stream}.csv"
-            handle = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
-            writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
-            if path.stat().st_size == 0:
-                writer.writeheader()
-            self.files[stream] = (handle, writer)
-        handle, writer = self.files[stream]
-        writer.writerow(row)
-        handle.flush()
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.tb.add_scalar(f"{stream}/{key}", value, row["step"])
-
-    def close(self) -> None:
-        for handle, _ in self.files.values():
-            handle.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-# ----------------------------------------------------------------------------------------------- merge
-
-
-def load_train_state(path: str | Path) -> dict:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file is the user's input problem here
-        raise DscloraError(f"{path}: not a readable training checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise DscloraError(f"{path}: not a dsclora training checkpoint (latest.pt / best.pt)")
-    return state
-
-
-def merge_checkpoint(path: str | Path, out: str | Path, use_ema: bool = True) -> tuple[ModelSpec, float]:
-    """Training checkpoint -> merged deploy safetensors; returns the spec and the merge's max abs diff."""
-    state = load_train_state(path)
-    spec = ModelSpec.from_dict(state["model_spec"])
-    model = spec.build()
-    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)
-    model.eval()
-    deployed = to_deploy(model)
-    diff = max_abs_difference(model, deployed, torch.rand(1, spec.span.in_channels, 40, 40))
-    if diff > 1e-4:
-        raise DscloraError(f"merged model differs from the training form by {diff:.2e}")
-    save_model(deployed, out)
-    return spec, diff

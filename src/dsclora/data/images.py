@@ -1,0 +1,255 @@
+"""Reading and writing images, with one documented policy per kind of input.
+
+| input | model sees | output |
+|---|---|---|
+| RGB 8-bit (PNG, JPEG, BMP, WebP, TIFF, ...) | RGB | RGB 8-bit |
+| grayscale (L, 1-bit) | gray replicated to RGB | gray 8-bit (mean of the three output channels) |
+| grayscale 16-bit (PNG/TIFF ``I;16``) | full 16-bit precision, replicated to RGB | gray 16-bit |
+| RGBA / LA / palette with transparency | RGB (colour) | colour from the model; alpha upscaled with MATLAB bicubic and re-attached (formats without alpha, e.g. JPEG, drop it) |
+| palette without transparency, CMYK, YCbCr, ... | converted to RGB | RGB 8-bit |
+| EXIF orientation | applied before processing | upright |
+
+| RGB / RGBA 16-bit PNG | full 16-bit precision (with ``pypng``, the ``[png16]`` extra) | RGB / RGBA 16-bit PNG |
+
+Pillow reads 16-bit-per-channel *colour* images at 8-bit precision; for PNG the small pure-Python ``pypng``
+reads and writes them at 16 bits (without it they are processed at 8 bits, and a 16-bit PNG output can't be made).
+Images larger than ``max_pixels`` are refused before they are decoded (decompression bombs). Every write
+goes to a temporary file renamed into place, so an error never leaves a half-written image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dsclora.errors import DscloraError
+from dsclora.fs import atomic_write
+
+DEFAULT_MAX_PIXELS = 16384 * 16384
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".tga")
+_ALPHA_FORMATS = {".png", ".webp", ".tif", ".tiff", ".tga"}
+
+
+@dataclass
+class LoadedImage:
+    """An image as the model needs it, plus what is needed to write the output in the same kind."""
+
+    rgb: np.ndarray  # float32 (H, W, 3) in [0, 1]
+    alpha: np.ndarray | None = None  # float32 (H, W) in [0, 1]
+    grayscale: bool = False
+    bits: int = 8
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    if not path.is_file():
+        raise DscloraError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise DscloraError(f"empty file (0 bytes): {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            raise DscloraError(f"not an image (or a format Pillow cannot read): {path}") from None
+        raise DscloraError(f"image too large to decode safely: {path}") from None
+    except OSError as exc:
+        raise DscloraError(f"cannot read {path}: {exc}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise DscloraError(f"image too large: {path} is {w}x{h} ({w * h} pixels > limit {max_pixels})")
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DscloraError(f"cannot decode {path} (truncated or corrupt): {exc}") from None
+    return img
+
+
+def _is_deep_colour_png(path: Path) -> bool:
+    """A PNG whose IHDR says 16 bits per sample and colour (type 2 RGB or 6 RGBA)."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_deep_png(path: Path) -> LoadedImage | None:
+    """A 16-bit colour PNG at full precision through pypng; None where pypng is not installed."""
+    try:
+        import png
+    except ImportError:
+        return None
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        planes = info["planes"]
+        data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+    except (png.Error, ValueError, OSError) as exc:
+        raise DscloraError(f"cannot decode {path} (truncated or corrupt): {exc}") from None
+    values = data.astype(np.float32) / 65535.0
+    alpha = np.ascontiguousarray(values[..., 3]) if planes == 4 else None
+    return LoadedImage(np.ascontiguousarray(values[..., :3]), alpha=alpha, bits=16)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read any Pillow-readable image into RGB float32 [0, 1] per the policy in this module's docstring."""
+    path = Path(path)
+    img = _open(path, max_pixels)
+    if img.format == "PNG" and _is_deep_colour_png(path):
+        deep = _read_deep_png(path)
+        if deep is not None:
+            return deep
+    with contextlib.suppress(OSError, ValueError, SyntaxError):  # a broken EXIF block is no reason to refuse
+        img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.asarray(img, dtype=np.float64) / 65535.0
+        return _gray(np.clip(gray, 0, 1), bits=16)
+    if mode == "F":
+        return _gray(np.clip(np.asarray(img, dtype=np.float64), 0, 1), bits=16)
+    if mode in ("1", "L"):
+        return _gray(np.asarray(img.convert("L"), dtype=np.float64) / 255.0, bits=8)
+    if mode == "PA" or (mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if mode == "LA":
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        loaded = _gray(arr[..., 0].astype(np.float64), bits=8)
+        loaded.alpha = arr[..., 1]
+        return loaded
+    if img.mode == "RGBA":
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        return LoadedImage(np.ascontiguousarray(arr[..., :3]), alpha=np.ascontiguousarray(arr[..., 3]))
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return LoadedImage(arr)
+
+
+def _gray(gray: np.ndarray, bits: int) -> LoadedImage:
+    rgb = np.repeat(gray.astype(np.float32)[..., None], 3, axis=2)
+    return LoadedImage(rgb, grayscale=True, bits=bits)
+
+
+def read_uint8_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array, as benchmark code reads images (gray replicated, alpha dropped)."""
+    img = _open(Path(path), max_pixels)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        arr = np.clip(np.floor(arr + 0.5), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, C) image, uint8 or float in [0, 1], -> (1, C, H, W) float32 tensor in [0, 1]: what networks take."""
+    array = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def to_array(x: torch.Tensor) -> np.ndarray:
+    """(1, C, H, W) or (C, H, W) network output -> (H, W, C) float32 array (unclamped; see ``to_uint8``)."""
+    x = x[0] if x.dim() == 4 else x
+    return x.detach().float().permute(1, 2, 0).cpu().numpy()
+
+
+def probe_image(height: int = 96, width: int = 96) -> torch.Tensor:
+    """A smooth synthetic (1, 3, H, W) image in [0, 1] for numerical checks of model conversions.
+
+    Random noise is no test for SPAN: its x255 input scaling drives activations far outside what images
+    produce, where fp32 rounding is magnified; smooth gradients and a low-frequency pattern behave like photos.
+    """
+    yy, xx = np.mgrid[0:height, 0:width] / max(height - 1, width - 1, 1)
+    rgb = np.stack([yy, xx, 0.5 + 0.4 * np.sin(6 * yy * xx)], axis=2)
+    return to_tensor(rgb.astype(np.float32))
+
+
+def check_image(path: str | os.PathLike | None = None) -> torch.Tensor:
+    """A real photo (1, 3, H, W) to compare a converted or exported model with the original on: ``path``, else
+    a crop of scikit-image's astronaut, else ``probe_image()`` where scikit-image is not installed."""
+    if path is not None:
+        return to_tensor(read_image(path).rgb)
+    try:
+        from skimage import data
+    except ImportError:
+        return probe_image()
+    return to_tensor(data.astronaut()[64:192, 160:288])
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Clamp to [0, 1] and round to 8 bits (what evaluation and saving both do)."""
+    return np.clip(np.floor(np.clip(x, 0.0, 1.0) * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+def to_uint16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(np.clip(x, 0.0, 1.0) * 65535.0 + 0.5), 0, 65535).astype(np.uint16)
+
+
+def write_image(path: str | os.PathLike, image: LoadedImage, quality: int = 95) -> None:
+    """Write ``image`` atomically in the format given by ``path``'s suffix, keeping its kind (see policy)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DscloraError(f"unsupported output format {suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})")
+    keep_alpha = image.alpha is not None and suffix in _ALPHA_FORMATS
+    if image.bits == 16 and not image.grayscale and suffix == ".png" and _write_deep_png(path, image, keep_alpha):
+        return
+    if image.grayscale:
+        gray = image.rgb.mean(axis=2)
+        if image.bits == 16 and suffix in (".png", ".tif", ".tiff") and not keep_alpha:
+            pil = Image.fromarray(to_uint16(gray))
+        else:
+            pil = Image.fromarray(to_uint8(gray), mode=None)
+            if keep_alpha:
+                pil = Image.merge("LA", (pil, Image.fromarray(to_uint8(image.alpha))))
+    else:
+        pil = Image.fromarray(to_uint8(image.rgb))
+        if keep_alpha:
+            pil = Image.merge("RGBA", (*pil.split(), Image.fromarray(to_uint8(image.alpha))))
+    options = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
+    try:
+        with atomic_write(path) as tmp:
+            pil.save(tmp, **options)
+    except (OSError, ValueError) as exc:
+        raise DscloraError(f"cannot write {path}: {exc}") from None
+
+
+def _write_deep_png(path: Path, image: LoadedImage, keep_alpha: bool) -> bool:
+    """Write a 16-bit RGB(A) PNG through pypng; False where pypng is not installed."""
+    try:
+        import png
+    except ImportError:
+        return False
+    planes = [image.rgb, image.alpha[..., None]] if keep_alpha else [image.rgb]
+    data = to_uint16(np.concatenate(planes, axis=2))
+    height, width, channels = data.shape
+    try:
+        with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+            writer = png.Writer(width, height, greyscale=False, alpha=channels == 4, bitdepth=16)
+            writer.write(handle, data.reshape(height, width * channels))
+    except (OSError, ValueError, png.Error) as exc:
+        raise DscloraError(f"cannot write {path}: {exc}") from None
+    return True
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) as ``read_image`` will see it (EXIF rotation applied), from the header only; None if
+    the file cannot be opened (reading it later reports why)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return (w, h) if rotated else (h, w)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``folder`` (sorted by name; hidden files skipped)."""
+    folder = Path(folder)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )

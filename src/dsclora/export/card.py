@@ -1,0 +1,83 @@
+"""The metadata file written beside every export, in OpenModelDB's model fields.
+
+OpenModelDB (the model database chaiNNer and the upscaling community use) describes a model with ``name``,
+``author``, ``license`` (SPDX), ``tags``, ``description``, ``date``, ``architecture``, ``size``, ``scale``,
+``inputChannels``, ``outputChannels`` and ``resources`` (one per file: platform, type, size, sha256), plus
+optional training facts (``dataset``, ``trainingIterations``, ``trainingBatchSize``, ``trainingHRSize``,
+``pretrainedModelG``). What is known about the weights comes from a JSON card beside the weights file
+(``<weights>.json``; the embedded model ships one), else from the registry entry; the rest from the tensors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from dsclora.fs import atomic_write, sha256_file
+from dsclora.weights.load import LoadedModel
+from dsclora.weights.registry import REGISTRY
+
+PLATFORMS = {
+    ".onnx": ("onnx", "onnx"),
+    ".pth": ("pytorch", "pth"),
+    ".safetensors": ("pytorch", "safetensors"),
+    ".param": ("ncnn", "param"),
+    ".bin": ("ncnn", "bin"),
+    ".py": ("pytorch", "py"),
+}
+
+
+def _known_facts(loaded: LoadedModel) -> dict:
+    """Card fields of the source weights: their sidecar JSON, else the registry entry, else nothing."""
+    if loaded.path is not None:
+        sidecar = loaded.path.with_suffix(".json")
+        if sidecar.is_file():
+            return json.loads(sidecar.read_text())
+    entry = REGISTRY.get(loaded.label)
+    if entry is not None:
+        return {"description": entry.description, "license": entry.license, "source": entry.url}
+    return {}
+
+
+def model_card(loaded: LoadedModel, files: list[Path]) -> dict:
+    """The OpenModelDB-style record of an export made of ``files``."""
+    spec = loaded.spec
+    span = spec.span
+    facts = _known_facts(loaded)
+    card = {
+        "name": facts.get("name", loaded.label if loaded.path is None else loaded.path.stem),
+        "author": facts.get("author", "unknown"),
+        "license": facts.get("license", "unknown"),
+        "tags": facts.get("tags", ["general-upscaler"]),
+        "description": facts.get("description", f"SPAN (C={span.channels}, {span.blocks} blocks), x{span.scale}"),
+        "date": facts.get("date", datetime.date.today().isoformat()),
+        "architecture": "span",
+        "size": [f"{span.channels}nf", f"{span.blocks}nb"],
+        "scale": span.scale,
+        "inputChannels": span.in_channels,
+        "outputChannels": span.out_channels,
+        "channels": span.channels,
+        "resources": [
+            {
+                "platform": PLATFORMS.get(f.suffix, ("other", f.suffix.lstrip(".")))[0],
+                "type": PLATFORMS.get(f.suffix, ("other", f.suffix.lstrip(".")))[1],
+                "file": f.name,
+                "size": f.stat().st_size,
+                "sha256": sha256_file(f),
+            }
+            for f in files
+        ],
+    }
+    for key in ("dataset", "datasetSize", "trainingIterations", "trainingBatchSize", "trainingHRSize",
+                "pretrainedModelG", "teacher", "recipe", "source", "metrics"):  # fmt: skip
+        if key in facts:
+            card[key] = facts[key]
+    return card
+
+
+def write_card(loaded: LoadedModel, files: list[Path], path: Path) -> Path:
+    """Write the card for ``files`` to ``path`` atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(model_card(loaded, files), indent=2, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,112 @@
+"""NCNN (Tencent's mobile inference library, used by Upscayl and chaiNNer's NCNN path) through pnnx.
+
+pnnx traces the deploy-form network with two input sizes (so height and width stay dynamic) and writes
+``<stem>.param`` / ``<stem>.bin``. The export is then run in ncnn's own Python binding on a real image and
+compared with torch before the files are put in place. Both tools are an optional extra:
+``pip install 'dsclora[ncnn]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsclora.errors import DscloraError
+from dsclora.models.forms import to_deploy
+from dsclora.models.span import SPAN
+
+TOLERANCE = 1e-4  # max abs difference to torch fp32 on a [0, 1] image (measured: ~1e-6)
+
+
+@contextlib.contextmanager
+def _captured_output(log: Path):
+    """Send this process's stdout/stderr file descriptors to ``log``: pnnx's C++ passes print there directly."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "w") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(handle):
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def ncnn_paths(path: str | Path) -> tuple[Path, Path]:
+    """(``.param``, ``.bin``) for an output named ``x.param``, ``x.bin`` or ``x``."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".param", ".bin") else path
+    return stem.with_name(stem.name + ".param"), stem.with_name(stem.name + ".bin")
+
+
+def run_ncnn(param: Path, weights: Path, x: torch.Tensor) -> torch.Tensor:
+    """One image (1, C, H, W) through an NCNN model in fp32 (input ``in0``, output ``out0``, as pnnx names them)."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+    net.opt.use_bf16_storage = False
+    if net.load_param(str(param)) or net.load_model(str(weights)):
+        raise DscloraError(f"ncnn could not load {param} / {weights}")
+    array = np.ascontiguousarray(x[0].detach().float().cpu().numpy())  # ncnn.Mat borrows this memory: keep it
+    extractor = net.create_extractor()
+    extractor.input("in0", ncnn.Mat(array))
+    status, out = extractor.extract("out0")
+    if status:
+        raise DscloraError(f"ncnn failed to run {param} (status {status})")
+    return torch.from_numpy(np.array(out))[None]
+
+
+def export_ncnn(model: SPAN, path: str | Path, probe: torch.Tensor) -> tuple[Path, Path, float]:
+    """Write ``.param`` and ``.bin`` after checking them in ncnn against torch; returns both paths and the diff."""
+    try:
+        import ncnn  # noqa: F401
+        import pnnx
+    except ImportError:
+        raise DscloraError("NCNN export needs pnnx and ncnn: pip install 'dsclora[ncnn]'") from None
+    deployed = to_deploy(model).float().cpu().eval()
+    param, weights = ncnn_paths(path)
+    channels = deployed.config.in_channels
+    param.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=param.parent) as work:
+        stem = Path(work) / "model"
+        log = Path(work) / "pnnx.log"
+        with _captured_output(log):
+            pnnx.export(
+                deployed,
+                str(stem) + ".pt",
+                inputs=(torch.rand(1, channels, 48, 64),),
+                inputs2=(torch.rand(1, channels, 40, 56),),
+                ncnnparam=str(stem) + ".param",
+                ncnnbin=str(stem) + ".bin",
+                pnnxparam=str(stem) + ".pnnx.param",
+                pnnxbin=str(stem) + ".pnnx.bin",
+                pnnxpy=str(stem) + "_pnnx.py",
+                pnnxonnx=str(stem) + ".pnnx.onnx",
+                ncnnpy=str(stem) + "_ncnn.py",
+                fp16=False,
+            )
+        tmp_param, tmp_bin = Path(str(stem) + ".param"), Path(str(stem) + ".bin")
+        if not (tmp_param.is_file() and tmp_bin.is_file()):
+            last = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise DscloraError(f"pnnx wrote no NCNN files ({last[0] if last else 'no message'})")
+        with torch.no_grad():
+            want = deployed(probe)
+        diff = float((run_ncnn(tmp_param, tmp_bin, probe) - want).abs().max())
+        if not diff <= TOLERANCE:
+            raise DscloraError(f"ncnn output differs from torch by {diff:.2e} (> {TOLERANCE:.0e}); not written")
+        os.replace(tmp_bin, weights)
+        os.replace(tmp_param, param)
+    return param, weights, diff

@@ -1,0 +1,1 @@
+"""Measuring models: image-quality metrics, benchmark evaluation, efficiency figures (params, FLOPs, time)."""

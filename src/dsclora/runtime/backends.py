@@ -1,0 +1,166 @@
+"""Ways to run a deploy-form SPAN fast: eager NCHW (the reference), channels_last, torch.compile, ONNX Runtime,
+and reduced-precision policies. ``make_runner`` returns a callable NCHW float32 -> NCHW float32; which back-end
+``auto`` means is decided in ``autotune`` alone.
+
+Every path but the reference runs ``FusedSPAN`` (same function, no channel concatenation; see its module).
+Measured on this project's 2-core CPU (benchmarks/infer.py): NHWC (channels_last) suits oneDNN's 26-channel
+convs; torch.compile with Inductor's weight freezing (constant-folded, pre-packed conv weights, SiLU and adds
+fused into the convs as oneDNN post-ops) removes most element-wise passes. Freezing is an Inductor config
+that must be active while a graph compiles, so the compiled runner patches it around every call (passed as
+``torch.compile(options={"freezing": True})`` it left the convs unfrozen with torch 2.13: 10 % slower).
+
+Plain bf16 autocast is ~3x faster than eager fp32 but quantises every tensor, the output too, to an 8-bit
+mantissa (about half a grey level), which costs 0.01-0.016 dB Y-PSNR. ``bf16-accurate`` keeps in fp32 the convs that read the x255-scaled input (conv_1 and
+its folded conv_cat term) and the upsampler that writes the output; the other convs run in bf16 but hand
+fp32 on, and every element-wise op stays fp32: within 0.005 dB of fp32 on Set5 and B100 (measured: moving
+the conv_2 / conv_cat terms to bf16 too changes nothing measurable); compiled, ~3x faster than eager fp32.
+
+On a GPU, fp32 means IEEE fp32 convs (cuDNN's TF32 default is switched off around each call); fp16 / bf16 are
+autocast; ``cudnn.benchmark`` picks the fastest conv algorithm per shape; ``compile`` uses
+``mode="max-autotune"`` (Triton / cuDNN kernel search plus CUDA graphs: one launch for the whole network).
+``pad`` > 0 runs the network zero-padded to a width that is a multiple of ``pad`` (``padding.py``: exact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from dsclora.errors import DscloraError
+from dsclora.export.onnx import OnnxOptions, onnx_bytes, onnxruntime_session
+from dsclora.models.forms import replace_module
+from dsclora.models.span import SPAN
+from dsclora.runtime.fused import FusedSPAN
+from dsclora.runtime.padding import pad_channels
+
+BACKENDS = ("torch", "channels_last", "compile", "onnxruntime")  # what --backend names besides auto
+PRECISIONS = ("fp32", "bf16", "bf16-accurate", "fp16")
+FP32_CONVS = ("conv_1", "head_proj", "upsampler")  # kept in fp32 by bf16-accurate
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _Float32(nn.Module):
+    """Runs a conv in fp32 even under autocast."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.conv(x.float())
+
+
+class _Float32Output(nn.Module):
+    """Runs a conv under autocast but hands an fp32 tensor to what follows."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).float()
+
+
+def accurate_bf16_copy(model: nn.Module) -> nn.Module:
+    """A copy for ``bf16-accurate``: convs that read the x255 input or write the output stay fp32, the others
+    run in bf16 and hand fp32 to what follows (names of SPAN and FusedSPAN alike)."""
+    work = copy.deepcopy(model)
+    for name, module in list(work.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            replace_module(work, name, _Float32(module) if name.startswith(FP32_CONVS) else _Float32Output(module))
+    return work
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16, "bf16-accurate": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@contextlib.contextmanager
+def _ieee_fp32_convs() -> Iterator[None]:
+    """cuDNN convs in true fp32 (PyTorch lets them use TF32, a 10-bit mantissa, by default on Ampere+)."""
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = saved
+
+
+def _torch_runner(
+    model: nn.Module, device: torch.device, precision: str, channels_last: bool, compiled: bool = False
+) -> Runner:
+    dtype = _autocast_dtype(precision)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    if compiled:
+        import torch._inductor.config as inductor_config  # pulls in dynamo (~1 s): only for compile
+    exact_cuda = device.type == "cuda" and dtype is None
+    # CUDA graphs (compile on a GPU) reuse their output buffer on the next call: hand out a copy
+    owned = compiled and device.type == "cuda"
+
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=fmt)
+        with (
+            inductor_config.patch(freezing=True) if compiled else contextlib.nullcontext(),
+            _ieee_fp32_convs() if exact_cuda else contextlib.nullcontext(),
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            out = model(x).float().contiguous()
+        return out.clone() if owned else out
+
+    return run
+
+
+def _onnxruntime_runner(model: nn.Module, device: torch.device, precision: str) -> Runner:
+    if precision != "fp32":
+        raise DscloraError("--backend onnxruntime runs fp32 only")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else None
+    session = onnxruntime_session(onnx_bytes(model, OnnxOptions(clamp=False, simplify=False)), providers)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(device)
+
+    return run
+
+
+def check_combination(backend: str, device: torch.device, precision: str) -> None:
+    """Refuse, before any work, what cannot run: an unknown name, fp16 on a CPU, ONNX Runtime below fp32."""
+    if backend not in ("auto", *BACKENDS):
+        raise DscloraError(f"unknown backend {backend!r} (use auto, {', '.join(BACKENDS)})")
+    if precision not in PRECISIONS:
+        raise DscloraError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if precision == "fp16" and device.type == "cpu":
+        raise DscloraError("--precision fp16 needs a GPU; on CPU use bf16 or bf16-accurate")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise DscloraError("--backend onnxruntime runs fp32 only")
+
+
+def make_runner(model: SPAN, backend: str, device: torch.device, precision: str = "fp32", pad: int = 0) -> Runner:
+    """A callable for a deploy-form ``model`` already on ``device``; ``backend`` is one of ``BACKENDS``."""
+    check_combination(backend, device, precision)
+    if backend == "auto":
+        raise ValueError("make_runner takes a concrete backend; autotune.resolve_backend decides what auto means")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one algorithm search per input shape, then the fastest kernel
+    source = pad_channels(model, pad) if pad else model
+    # copies: memory formats and wrappers must not leak into the caller's model
+    work = copy.deepcopy(source).eval() if backend == "torch" else FusedSPAN.from_span(source)
+    for param in work.parameters():
+        param.requires_grad_(False)
+    if precision == "bf16-accurate":
+        work = accurate_bf16_copy(work)
+    if backend == "onnxruntime":
+        return _onnxruntime_runner(work, device, precision)
+    if backend == "compile":
+        mode = "max-autotune" if device.type == "cuda" else None
+        compiled = torch.compile(work.to(memory_format=torch.channels_last), mode=mode)
+        return _torch_runner(compiled, device, precision, channels_last=True, compiled=True)
+    return _torch_runner(work, device, precision, channels_last=backend == "channels_last")
