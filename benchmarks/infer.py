@@ -267,7 +267,7 @@ def tiled_4k_child(weights: str, tile: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="dscf", help="weights name or file (default dscf)")
     parser.add_argument("--runs", type=int, default=11, help="timing rounds, every path and a GEMM each (default 11)")
     parser.add_argument("--b100", type=int, default=30, help="B100 images for the precision cost (default 30)")

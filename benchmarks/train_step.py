@@ -117,7 +117,7 @@ def affinity_cost(trainer: Trainer, batch: dict[str, torch.Tensor], distance: st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
     parser.add_argument("--patch", type=int, default=48, help="LR patch side (default 48)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant after one warm-up (default 6)")

@@ -31,7 +31,7 @@ PUBLISHED = {
 def test_downscale_reproduces_official_lr_files(name: str, scale: int, record_property) -> None:
     pairs = find_pairs(benchmark_set(name), scale)
     if name == "B100":
-        pairs = pairs[::5]  # 20 of 100 images keeps the suite quick; the full set is in benchmarks/bicubic.py
+        pairs = pairs[::5]  # 20 of 100 images keeps the suite quick; studies/reference/run.py checks all
     equal = total = worst = 0
     for pair in pairs:
         hr = read_uint8_rgb(pair.hr)

@@ -46,3 +46,16 @@ def test_upscale_without_weights_runs_offline(tmp_path: Path, monkeypatch, capsy
     with torch.no_grad():
         expected = np.floor(model(x)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)
     assert result.shape == (192, 256, 3) and np.abs(result - expected).max() <= 1
+
+
+def test_model_card_metrics_are_what_eval_measures(capsys, tmp_path: Path) -> None:
+    """The card's Set5 row is what `dsclora eval` prints for the embedded model now."""
+    from support import benchmark_set
+
+    row = re.search(r"\| Set5 \| ([0-9.]+) / ([0-9.]+) \|", CARD.read_text())
+    report = tmp_path / "e.json"
+    assert main(["eval", "--data", str(benchmark_set("Set5")), "--json", str(report)]) == 0
+    import json
+
+    measured = json.loads(report.read_text())["datasets"][0]
+    assert row and f"{measured['psnr_y']:.3f}" == row.group(1) and f"{measured['ssim_y']:.4f}" == row.group(2)

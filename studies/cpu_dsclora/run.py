@@ -104,7 +104,7 @@ def run_config(path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="config names (default: all)")
     args = parser.parse_args()
     os.environ.setdefault("DSCLORA_WEIGHTS_DIR", str(SHARED / "weights"))

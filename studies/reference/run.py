@@ -40,7 +40,7 @@ def lr_match(root: Path, scale: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--shared", default=str(Path(__file__).resolve().parents[3] / "shared"), help="the workspace's shared folder"
     )

@@ -36,9 +36,9 @@ class LoadedModel:
 
     @property
     def span(self) -> SPAN:
-        """The network; refuses bicubic with a message for commands that need a real network."""
+        """The network (``load(..., network=True)`` refuses bicubic before this is ever asked for)."""
         if not isinstance(self.module, SPAN):
-            raise DscloraError(f"--weights {self.label}: this command needs a network, not bicubic")  # see load()
+            raise DscloraError(f"--weights {self.label}: this command needs a network, not bicubic")
         return self.module
 
 
