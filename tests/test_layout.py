@@ -12,7 +12,7 @@ PACKAGE = REPO / "src" / "dsclora"
 # HR -> LR -> student / teacher -> losses -> checkpoint -> export, measured; then running and the command line.
 STAGES = ["base", "data", "models", "weights", "export", "measure", "train", "runtime", "app"]
 BASE = {"errors", "fs", "devices", "version"}
-APP = {"cli", "demo", "__init__"}
+APP = {"cli", "commands", "demo", "__init__"}
 
 
 def module_name(path: Path) -> str:
