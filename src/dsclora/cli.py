@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scale", type=_scale, default=None, help="upscaling factor (default: the model's)")
     ev.add_argument("--json", default=None, metavar="FILE", help="also write means and per-image rows as JSON")
     _runtime_options(ev)
-    ev.set_defaults(func="eval")
+    ev.set_defaults(func="evaluate")
 
     pr = sub.add_parser(
         "profile",

@@ -69,7 +69,7 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
 def upscale(args: argparse.Namespace) -> int:
     from dsclora.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_size
     from dsclora.fs import check_output_folder
-    from dsclora.runtime import upscale
+    from dsclora.runtime import upscale as pipeline
     from dsclora.weights.load import load
 
     ext = "." + args.ext.lower().lstrip(".")
@@ -78,7 +78,7 @@ def upscale(args: argparse.Namespace) -> int:
     device = _check_runtime(args)
     outdir = check_output_folder(args.output, "-o")
     existing = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"
-    plan = upscale.plan(args.inputs, outdir, ext, args.suffix, args.recursive, existing)
+    plan = pipeline.plan(args.inputs, outdir, ext, args.suffix, args.recursive, existing)
     if plan.ignored_in_subfolders:
         print(
             f"note: {plan.ignored_in_subfolders} image(s) in sub-folders not taken (add --recursive)", file=sys.stderr
@@ -91,14 +91,14 @@ def upscale(args: argparse.Namespace) -> int:
     loaded = load(args.weights, device, args.scale)
     sizes = [s for s in (image_size(src) for src, _ in plan.jobs) if s]
     upscaler = _upscaler(args, loaded, device, sizes)
-    failures = upscale.run(plan.jobs, upscaler, device, args.max_pixels or DEFAULT_MAX_PIXELS, _progress())
+    failures = pipeline.run(plan.jobs, upscaler, device, args.max_pixels or DEFAULT_MAX_PIXELS, _progress())
     done = len(plan.jobs) - failures
     if done:
         print(f"wrote {done} image(s) to {outdir} (x{loaded.scale})")
     return EXIT_FAILED if failures else 0
 
 
-def eval(args: argparse.Namespace) -> int:
+def evaluate(args: argparse.Namespace) -> int:
     from dsclora.data.benchmark import find_pairs
     from dsclora.fs import atomic_write, check_output_file
     from dsclora.measure.evaluate import evaluate_dataset
@@ -120,7 +120,8 @@ def eval(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r['dataset']:<16}{r['images']:>7}{r['psnr_y']:>9.3f}{r['ssim_y']:>9.4f}{r['psnr_rgb']:>10.3f}")
     if args.json:
-        payload = {"weights": loaded.label, "scale": loaded.scale, "precision": args.precision, "datasets": results}
+        payload = {"weights": loaded.label, "scale": loaded.scale, "precision": args.precision}
+        payload |= {"self_ensemble": args.self_ensemble, "datasets": results}
         with atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(payload, indent=2))
     return 0
