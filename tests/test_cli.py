@@ -435,6 +435,8 @@ def test_bad_outputs_are_refused_before_any_work(capsys, tmp_path: Path, photo_p
         raise AssertionError("the model was loaded before the output was checked")
 
     monkeypatch.setattr(loader, "load", no_loading)
+    (tmp_path / "w.safetensors").write_bytes(embedded_weights().read_bytes())
+    (tmp_path / "w.json").write_text("{}")  # the weights' own card: an input of the export's card
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x")
     unwritable = Path("/proc/dsclora-test")  # a mount nobody can create files in, root included
@@ -447,6 +449,10 @@ def test_bad_outputs_are_refused_before_any_work(capsys, tmp_path: Path, photo_p
         (["eval", "--data", str(tmp_path), "--json", str(unwritable / "e.json")], "cannot write"),
         (["profile", "--json", str(a_file / "p.json")], "is a file"),
         (["convert", str(embedded_weights()), str(tmp_path / "x.onnx")], "export --format onnx"),
+        (["export", "--weights", str(tmp_path / "w.safetensors"), "--format", "safetensors", "-o",
+          str(tmp_path / "w.safetensors")], "one of the export's inputs"),
+        (["export", "--weights", str(tmp_path / "w.safetensors"), "--format", "onnx", "-o", str(tmp_path / "w.onnx")],
+         "one of the export's inputs"),
         (["convert", str(embedded_weights()), str(tmp_path / "x.ckpt")], "unknown model file suffix"),
         (["convert", str(embedded_weights()), str(tmp_path / "x.pth"), "--format", "safetensors"], "suffix says pth"),
         (["upscale", str(photo_png), "-o", str(tmp_path / "o"), "--tile", "-5"], "--tile: must be >= 0"),

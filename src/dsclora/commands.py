@@ -243,6 +243,35 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_files(args: argparse.Namespace) -> list[Path]:
+    """Every file an export will write, the JSON card last."""
+    if args.format == "ntire":
+        from dsclora.export.ntire import ntire_stem
+
+        stem = Path(args.output) / ntire_stem(args.team, args.name)
+        files = [stem.with_suffix(".py"), stem.with_suffix(".pth")]
+    elif args.format == "ncnn":
+        from dsclora.export.ncnn import ncnn_paths
+
+        files = list(ncnn_paths(args.output))
+    else:
+        files = [Path(args.output)]
+    return files if args.no_card else [*files, files[0].with_suffix(".json")]
+
+
+def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """An export never writes over what it reads: the weights, their JSON card, the check image."""
+    from dsclora.weights.registry import resolve
+
+    weights = resolve(args.weights or "default")
+    inputs = {weights.resolve(), weights.with_suffix(".json").resolve()}
+    if args.check_image:
+        inputs.add(Path(args.check_image).resolve())
+    for path in _export_files(args):
+        if path.resolve() in inputs:
+            raise DscloraError(f"{path} is one of the export's inputs; write the export elsewhere")
+
+
 def export(args: argparse.Namespace) -> int:
     from dsclora.data.images import check_image
     from dsclora.export.card import write_card
@@ -268,6 +297,7 @@ def export(args: argparse.Namespace) -> int:
         file_format_of(args.output, "safetensors" if fmt == "safetensors" else None)
     if fmt == "onnx" and Path(args.output).suffix.lower() != ".onnx":
         raise DscloraError(f"-o {args.output}: an ONNX file should end in .onnx")
+    _refuse_overwriting_inputs(args)
     probe = check_image(args.check_image)
     loaded = load(args.weights, network=True)
     span = loaded.span
@@ -302,7 +332,7 @@ def export(args: argparse.Namespace) -> int:
         save_model(span, args.output, form="deploy", file_format="safetensors")
         files, what = [Path(args.output)], "deploy-form SPAN with its JSON config"
     if not args.no_card:
-        card = files[0].with_suffix(".json")
+        card = _export_files(args)[-1]
         write_card(loaded, files, card)
         files.append(card)
     print(f"wrote {', '.join(str(f) for f in files)}: {what}")
