@@ -261,8 +261,11 @@ def _export_files(args: argparse.Namespace) -> list[Path]:
 
 def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     """An export never writes over what it reads: the weights, their JSON card, the check image."""
+    from dsclora.weights.load import BICUBIC
     from dsclora.weights.registry import resolve
 
+    if args.weights == BICUBIC:
+        return  # nothing to overwrite; ``load`` refuses it as a network with its own message
     weights = resolve(args.weights or "default")
     inputs = {weights.resolve(), weights.with_suffix(".json").resolve()}
     if args.check_image:
