@@ -31,7 +31,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import torch
 
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
+from dsclora.devices import device_name
 from dsclora.fs import atomic_write
 from dsclora.measure.metrics import psnr_y
 from dsclora.measure.profiling import conv_statistics, peak_memory
@@ -207,22 +207,6 @@ def cuda_peak_untiled_4k_mib(runner) -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def _device_name() -> str:
-    if DEVICE.type == "cuda":
-        return torch.cuda.get_device_name(DEVICE)
-    return _cpu_name()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def tiling_cost(runners: dict, radius: int, rounds: int) -> dict[str, dict[str, float]]:
     """Tiled over untiled time of a 600x400 upscale per eager path, and what the overlap alone explains."""
     x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, *TILED_SIZE, device=DEVICE), 9, 1, 4)
@@ -304,7 +288,7 @@ def main() -> None:
         path_name(b, p, pad): make_runner(model, b, DEVICE, p, pad) for b, p, pad in (CUDA_PATHS if cuda else PATHS)
     }
     results: dict = {
-        "machine": _device_name(),
+        "machine": device_name(DEVICE),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "gemm_size": gemm.size,

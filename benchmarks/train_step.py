@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from dsclora.data.patches import PatchDataset, training_images
+from dsclora.devices import device_name
 from dsclora.fs import atomic_write
 from dsclora.measure.profiling import current_memory, peak_memory, reset_peak_memory
 from dsclora.models.dsclora import DSCLoRAConfig
@@ -154,7 +154,7 @@ def main() -> None:
 
     median = {name: statistics.median(times[name]) for name in NAMES}
     result = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": device_name(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

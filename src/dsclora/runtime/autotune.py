@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dsclora.devices import device_name
 from dsclora.fs import user_cache_dir
 from dsclora.models.span import SPAN
 from dsclora.runtime.backends import check_combination, make_runner
@@ -61,12 +62,6 @@ def _candidates(device: torch.device, precision: str) -> list[tuple[str, int]]:
     return names
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type}x{torch.get_num_threads()}"
-
-
 def _timed(runner, x: torch.Tensor, device: torch.device, repeats: int) -> tuple[float, float]:
     """(first call, best of ``repeats`` later calls) in seconds."""
 
@@ -90,7 +85,7 @@ class Timings:
         self.model, self.device, self.precision, self.size, self.repeats = model, device, precision, size, repeats
         self.candidates = _candidates(device, precision)
         self.key = "|".join(
-            [_device_name(device), torch.__version__, f"C{model.config.channels}", precision]
+            [device_name(device), torch.__version__, f"C{model.config.channels}", precision]
             + [f"{name}/{pad}" for name, pad in self.candidates]
         )
         self.path = user_cache_dir("auto_backend.json")

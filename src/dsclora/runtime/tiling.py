@@ -5,10 +5,8 @@ on every side, and only the core's output is kept. An output pixel of a SPAN dep
 pixels each side (one per chained 3x3 conv: its ``receptive_radius``), so an overlap at least that large makes
 the tiled result equal the untiled one up to float rounding. Windows at the image edge shift inward instead of
 shrinking: a window that touches the edge sees the same zero padding the whole image would, and every window
-of an image has the same shape, so a compiled back-end compiles once per image size (oneDNN also reuses its
-primitives), and windows can be stacked into one batch: ``batch`` windows per forward amortise what every call
-costs whatever its size (thread fork/join per op, weight reorders, allocations), which otherwise made small
-tiles several times slower than the overlap alone explains.
+of an image has the same shape, so a compiled back-end compiles once per image size and oneDNN reuses its
+primitives.
 """
 
 from __future__ import annotations
@@ -39,10 +37,10 @@ class TiledUpscaler:
     ``tile = 0`` runs whole images; otherwise windows of ``tile + 2·overlap`` pixels (see the module docstring).
     """
 
-    def __init__(self, runner: Runner, scale: int, tile: int = 0, overlap: int = 0, batch: int = 1) -> None:
-        if tile < 0 or overlap < 0 or batch < 1:
-            raise DscloraError("tile size and overlap must be >= 0, windows per batch >= 1")
-        self.runner, self.scale, self.tile, self.overlap, self.batch = runner, scale, tile, overlap, batch
+    def __init__(self, runner: Runner, scale: int, tile: int = 0, overlap: int = 0) -> None:
+        if tile < 0 or overlap < 0:
+            raise DscloraError("tile size and overlap must be >= 0")
+        self.runner, self.scale, self.tile, self.overlap = runner, scale, tile, overlap
 
     def _whole(self, h: int, w: int) -> bool:
         return self.tile == 0 or (h <= self.tile and w <= self.tile)
@@ -66,7 +64,7 @@ class TiledUpscaler:
 
     def forward_shapes(self, sizes: Iterable[tuple[int, int]]) -> Counter[tuple[int, int]]:
         """How many window forwards of each input shape images of these (height, width) take (what ``auto``
-        weighs; a batch of windows counts as its windows, it costs about as much)."""
+        weighs)."""
         shapes: Counter[tuple[int, int]] = Counter()
         for h, w in sizes:
             if self._whole(h, w):
