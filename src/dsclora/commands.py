@@ -88,10 +88,11 @@ def upscale(args: argparse.Namespace) -> int:
     if not plan.jobs:
         print("nothing to do: every output exists")
         return 0
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    sizes = [image_size(src, max_pixels) for src, _ in plan.jobs]  # every input's header, before the model
     loaded = load(args.weights, device, args.scale)
-    sizes = [s for s in (image_size(src) for src, _ in plan.jobs) if s]
     upscaler = _upscaler(args, loaded, device, sizes)
-    failures = pipeline.run(plan.jobs, upscaler, device, args.max_pixels or DEFAULT_MAX_PIXELS, _progress())
+    failures = pipeline.run(plan.jobs, upscaler, device, max_pixels, _progress())
     done = len(plan.jobs) - failures
     if done:
         print(f"wrote {done} image(s) to {outdir} (x{loaded.scale})")

@@ -47,7 +47,8 @@ class LoadedImage:
     bits: int = 8
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+def _open_header(path: Path, max_pixels: int) -> Image.Image:
+    """The image opened lazily (header read, pixels not decoded), or a one-line error saying why not."""
     if not path.is_file():
         raise DscloraError(f"no such file: {path}")
     if path.stat().st_size == 0:
@@ -66,6 +67,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:
         img.close()
         raise DscloraError(f"image too large: {path} is {w}x{h} ({w * h} pixels > limit {max_pixels})")
+    return img
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    img = _open_header(path, max_pixels)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -235,15 +241,15 @@ def _write_deep_png(path: Path, image: LoadedImage, keep_alpha: bool) -> bool:
     return True
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(height, width) as ``read_image`` will see it (EXIF rotation applied), from the header only; None if
-    the file cannot be opened (reading it later reports why)."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) as ``read_image`` will see it (EXIF rotation applied), from the header only: an input
+    that is no image or too large is refused before any work (a corrupt body shows only when decoded)."""
+    with _open_header(Path(path), max_pixels) as img:
+        w, h = img.size
+        try:
             rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+        except (OSError, ValueError, SyntaxError):
+            rotated = False  # unreadable EXIF: reading the image reports it
     return (w, h) if rotated else (h, w)
 
 
