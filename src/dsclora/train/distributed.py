@@ -13,7 +13,6 @@ import torch.distributed as dist
 class DistInfo:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -30,7 +29,7 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
 def barrier(info: DistInfo) -> None:

@@ -15,7 +15,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +48,6 @@ class ModelSpec:
     form: Form
     span: SpanConfig
     lora: DSCLoRAConfig | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = {"arch": self.arch, "form": self.form, "span": self.span.to_dict()}
