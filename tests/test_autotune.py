@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,3 +76,20 @@ def test_explicit_backend_is_not_measured(monkeypatch, tiny) -> None:
 def test_gpu_candidates_include_padded_widths() -> None:
     names = autotune._candidates(torch.device("cuda"), "fp16")
     assert ("channels_last", 8) in names and ("channels_last", 32) in names and ("torch", 0) in names
+
+
+def test_cpu_identity_tells_apart_cpus_of_one_name(tmp_path) -> None:
+    """Two VMs both called "AMD EPYC" (a Zen 3 without bf16, a Zen 4 with it) must not share auto's cache."""
+    from dsclora.devices import cpu_model
+
+    def cpuinfo(model: int, flags: str) -> Path:
+        path = tmp_path / f"cpuinfo{model}"
+        cores = [f"processor\t: {i}\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: {model}\nflags\t\t: {flags}"
+                 for i in range(2)]  # fmt: skip
+        path.write_text("\n\n".join(cores) + "\n")
+        return path
+
+    assert cpu_model(cpuinfo(1, "fpu sse2 avx avx2 fma")) == "AMD EPYC (family 25 model 1, avx2)"
+    zen4 = cpu_model(cpuinfo(17, "avx2 avx512f avx512_bf16 avx512_vnni"))
+    assert zen4 == "AMD EPYC (family 25 model 17, avx512_bf16, avx512f)"
+    assert cpu_model(tmp_path / "absent")  # no /proc: still a name (from platform)

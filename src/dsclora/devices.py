@@ -37,12 +37,16 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} x{torch.get_num_threads()} threads"
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one, else what ``platform`` knows."""
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, family / model numbers and widest vector ISA, from /proc/cpuinfo where there is
+    one (a VM may call both a Zen 3 and a Zen 4 just "AMD EPYC", and only the latter has native bf16)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0].splitlines() if ":" in line)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    name = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "asimd") if f in flags][:2]
+    details = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info else []
+    return f"{name} ({', '.join(details + isa)})" if details or isa else name

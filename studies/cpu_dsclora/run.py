@@ -6,7 +6,7 @@ per-image Y-PSNR / SSIM, the training curve, wall time, how far the weights move
 evaluated the same way: SPAN-tiny, its x8 self-ensemble (the teacher of (b) and (c)), the official DSCLoRA
 release and the shipped default. Every JSON is written atomically, and an existing one counts as done.
 
-    python studies/cpu_dsclora/run.py [NAME ...]     # default: every config, references first
+    python studies/cpu_dsclora/run.py [NAME ...]     # default: every config (seed 0 ones first); references first
 """
 
 from __future__ import annotations
@@ -113,8 +113,10 @@ def main() -> None:
         if not (RESULTS / f"{name}.json").exists():
             write(name, {"name": name, "weights": weights, "ensemble": ensemble, "eval": evaluate(weights, ensemble)})
             print(f"{name}: evaluated", flush=True)
-    configs = [HERE / "configs" / f"{n}.yaml" for n in args.names] or sorted((HERE / "configs").glob("*.yaml"))
-    for path in sorted(configs, key=lambda p: (p.stem[-1], p.stem)):  # every recipe's seed 0 first
+    configs = [HERE / "configs" / f"{n}.yaml" for n in args.names]  # in the order given
+    if not configs:  # every recipe's seed 0 first
+        configs = sorted((HERE / "configs").glob("*.yaml"), key=lambda p: (p.stem[-1], p.stem))
+    for path in configs:
         run_config(path)
 
 
