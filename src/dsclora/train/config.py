@@ -277,7 +277,10 @@ def validate(config: TrainConfig) -> None:
     for key, folders in (("data.train", d.train), ("data.train_lr", d.train_lr), ("data.val", d.val)):
         for folder in folders:
             if not Path(folder).is_dir():
-                raise DscloraError(f"config key {key}: folder not found: {folder}")
+                raise DscloraError(
+                    f"config key {key}: folder not found: {folder} (point it at your own images on the command "
+                    f"line, e.g. {key}=[path/to/folder], or {key}=[] to leave it out)"
+                )
     for key in ("rec", "teacher", "affinity"):
         if getattr(loss, key) < 0:
             raise DscloraError(f"config key loss.{key}: must be >= 0")
