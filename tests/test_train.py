@@ -254,6 +254,11 @@ def test_missing_config_file_and_print_config(capsys) -> None:
     printed = capsys.readouterr().out
     assert "  teacher: 2.0  # λ2:" in printed and "  teacher_ensemble: 8  # 1: the teacher's own output" in printed
     assert all(" # " in line for line in printed.splitlines())  # every key comes with its meaning
+    assert main(["train", str(TINY_ENS), "--print-config", "loss.teacher=3", "data.batch=5"]) == 0  # after a flag
+    printed = capsys.readouterr().out
+    assert "  teacher: 3.0  # λ2:" in printed and "  batch: 5  #" in printed
+    assert main(["train", str(TINY_ENS), "--print-config", "--no-such-flag"]) == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
 def test_existing_run_needs_resume(tmp_path: Path, photo_folders) -> None:

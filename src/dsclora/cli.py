@@ -321,8 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.func == "train" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra  # KEY=VALUE after a flag: argparse stops collecting positionals there
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
         return int(stop.code or 0)
     try:
