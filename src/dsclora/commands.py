@@ -262,12 +262,9 @@ def _export_files(args: argparse.Namespace) -> list[Path]:
 
 def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     """An export never writes over what it reads: the weights, their JSON card, the check image."""
-    from dsclora.weights.load import BICUBIC
-    from dsclora.weights.registry import resolve
+    from dsclora.weights.load import network_file
 
-    if args.weights == BICUBIC:
-        return  # nothing to overwrite; ``load`` refuses it as a network with its own message
-    weights = resolve(args.weights or "default")
+    weights = network_file(args.weights)
     inputs = {weights.resolve(), weights.with_suffix(".json").resolve()}
     if args.check_image:
         inputs.add(Path(args.check_image).resolve())

@@ -42,6 +42,14 @@ class LoadedModel:
         return self.module
 
 
+def network_file(weights: str | None) -> Path:
+    """The file a network's ``--weights`` value names (``None``: the embedded default); bicubic is refused, as
+    no file holds it. Commands that must not write over their inputs ask this before loading anything."""
+    if weights == BICUBIC:
+        raise DscloraError("--weights bicubic: this command needs a network, not bicubic")
+    return resolve(weights or DEFAULT)
+
+
 def load(
     weights: str | None, device: torch.device | str = "cpu", scale: int | None = None, network: bool = False
 ) -> LoadedModel:
@@ -50,13 +58,11 @@ def load(
     ``network=True`` is for commands that need a real network (profile, export): bicubic is refused.
     """
     label = weights or DEFAULT
-    if label == BICUBIC and network:
-        raise DscloraError("--weights bicubic: this command needs a network, not bicubic")
-    if label == BICUBIC:
+    if label == BICUBIC and not network:
         if scale is None:
             raise DscloraError("--weights bicubic needs --scale")
         return LoadedModel(Bicubic(scale).to(device), scale, BICUBIC_RADIUS, label)
-    path = resolve(label)
+    path = network_file(label)
     model, spec = load_model(path, device)
     if spec.arch != "span" or spec.form != "deploy":
         model = to_deploy(model).eval()
