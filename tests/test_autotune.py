@@ -93,3 +93,21 @@ def test_cpu_identity_tells_apart_cpus_of_one_name(tmp_path) -> None:
     zen4 = cpu_model(cpuinfo(17, "avx2 avx512f avx512_bf16 avx512_vnni"))
     assert zen4 == "AMD EPYC (family 25 model 17, avx512_bf16, avx512f)"
     assert cpu_model(tmp_path / "absent")  # no /proc: still a name (from platform)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:
+    """Training's bf16 warning: AVX512-BF16 / AMX (x86) or the Arm bf16 feature count, AVX2 / AVX-512F do not."""
+    from dsclora.devices import native_bf16
+
+    def cpuinfo(line: str) -> Path:
+        path = tmp_path / f"cpuinfo{abs(hash(line))}"
+        path.write_text(f"processor\t: 0\n{line}\n\nprocessor\t: 1\nflags\t\t: amx_bf16\n")  # only the first counts
+        return path
+
+    cpu = torch.device("cpu")
+    assert not native_bf16(cpu, cpuinfo("flags\t\t: fpu avx2 fma avx512f"))
+    assert native_bf16(cpu, cpuinfo("flags\t\t: avx2 avx512f avx512_bf16"))
+    assert native_bf16(cpu, cpuinfo("flags\t\t: avx512f amx_bf16 amx_tile"))
+    assert native_bf16(cpu, cpuinfo("Features\t: fp asimd sve bf16 i8mm"))
+    assert not native_bf16(cpu, cpuinfo("Features\t: fp asimd"))
+    assert not native_bf16(cpu, tmp_path / "absent")

@@ -247,6 +247,14 @@ def test_bad_configs_give_one_line_error(tmp_path: Path, photo_folders, capsys, 
     assert len(err.strip().splitlines()) == 1 and message in err
 
 
+def test_fp16_on_cpu_is_refused_before_any_work(tmp_path: Path, photo_folders, capsys) -> None:
+    argv = ["train", str(TINY_DSCLORA), *overrides(photo_folders, tmp_path / "fp16", "run.steps=1")]
+    assert main([*argv, "optim.amp=fp16", "run.device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "fp16 needs a CUDA GPU" in err
+    assert not (tmp_path / "fp16").exists()
+
+
 def test_missing_config_file_and_print_config(capsys) -> None:
     assert main(["train", "/no/such.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err

@@ -37,16 +37,36 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} x{torch.get_num_threads()} threads"
 
 
+def _cpu_info(cpuinfo: Path) -> dict[str, str] | None:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo, or None where there is no such file."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    info = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in info.items()}
+
+
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name, family / model numbers and widest vector ISA, from /proc/cpuinfo where there is
     one (a VM may call both a Zen 3 and a Zen 4 just "AMD EPYC", and only the latter has native bf16)."""
-    try:
-        info = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
+    info = _cpu_info(cpuinfo)
+    if info is None:
         return platform.processor() or platform.machine()
-    info = {k.strip(): v.strip() for k, v in info.items()}
     name = info.get("model name") or platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
     isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "asimd") if f in flags][:2]
     details = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info else []
     return f"{name} ({', '.join(details + isa)})" if details or isa else name
+
+
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether ``device`` computes bf16 in hardware. Without it (e.g. AMD Zen 3, Intel before Cooper Lake)
+    oneDNN emulates bf16 and a bf16 conv is several times slower than fp32 (``benchmarks/results/infer.json``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    info = _cpu_info(cpuinfo) or {}
+    features = set((info.get("flags", "") + " " + info.get("Features", "")).split())  # x86 flags, Arm Features
+    return bool(features & {"amx_bf16", "avx512_bf16", "bf16"})

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dsclora.data.patches import PatchDataset, PositionSampler, default_workers, training_images
-from dsclora.devices import resolve_device
+from dsclora.devices import native_bf16, resolve_device
 from dsclora.errors import DscloraError
 from dsclora.fs import atomic_write
 from dsclora.measure.evaluate import evaluate_dataset
@@ -68,6 +68,7 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(self.device)
         self.dist: DistInfo = init_distributed(self.device.type)
+        self._check_precision()
         self.out = Path(config.run.output)
         torch.manual_seed(config.run.seed)
         self.student = build_student(config.model, self.device)
@@ -101,6 +102,19 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.net, device_ids=ids)
+
+    def _check_precision(self) -> None:
+        """fp16 autocast is for GPUs; bf16 without hardware support runs, but emulated: say so before the run."""
+        amp = self.config.optim.amp
+        if amp == "fp16" and self.device.type != "cuda":
+            raise DscloraError(
+                f"config key optim.amp: fp16 needs a CUDA GPU, the run is on {self.device.type}; use bf16"
+            )
+        if amp == "bf16" and self.dist.is_main and not self.quiet and not native_bf16(self.device):
+            tqdm.write(
+                f"optim.amp bf16: {self.device.type} has no native bf16 here, so it is emulated and slower than fp32; "
+                "optim.amp=none trains the same recipe in fp32"
+            )
 
     # -------------------------------------------------------------------------------- state
 
