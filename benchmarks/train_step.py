@@ -3,7 +3,9 @@
 1. ``finetune``         plain fine-tuning of every weight (deploy-form SPAN-tiny, L1 to HR);
 2. ``lora``             the ConvLoRA student (paper ranks), L1 to HR;
 3. ``ensemble_cached``  the recommended recipe: ConvLoRA (ranks 8 / 16), L1 to the cached x8 self-ensemble target
-                        (the target is part of the batch, computed before timing as the trainer does);
+                        (the target is part of the batch, computed before timing as the trainer does), fp32;
+   ``ensemble_cached_bf16``  the same step under bf16 autocast, as the recipe trains (fast only where the
+                        hardware has native bf16: the JSON names the CPU);
 4. ``dsclora``          the paper's recipe: ConvLoRA + online teacher + L1 to its output + L1 affinity on 7 maps;
 5. ``dsclora_l2``       the same with the L2 affinity computed by C x C Gram products.
 
@@ -42,7 +44,7 @@ from dsclora.train.teacher import TeacherTargets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN_DIR = SHARED / "data" / "train" / "BSD200"
-NAMES = ("finetune", "lora", "ensemble_cached", "dsclora", "dsclora_l2")
+NAMES = ("finetune", "lora", "ensemble_cached", "ensemble_cached_bf16", "dsclora", "dsclora_l2")
 IMAGES = 24  # training images the batches are cut from (their ensemble targets are computed once)
 
 
@@ -53,7 +55,7 @@ def variant(name: str, args: argparse.Namespace) -> TrainConfig:
         model, loss = ModelConfig(arch="span", init="span-tiny", form="deploy"), to_hr
     elif name == "lora":
         loss = to_hr
-    elif name == "ensemble_cached":
+    elif name.startswith("ensemble_cached"):
         model = ModelConfig(arch="dsclora", base="span-tiny", lora=DSCLoRAConfig(8, 16.0, 16, 32.0))
         loss = LossConfig(rec=0.0, teacher=1.0, affinity=0.0, teacher_ensemble=8, teacher_targets="cached")
     else:
@@ -63,7 +65,7 @@ def variant(name: str, args: argparse.Namespace) -> TrainConfig:
         model=model,
         data=DataConfig(train=[str(TRAIN_DIR)], patch=args.patch, batch=args.batch),
         loss=loss,
-        optim=OptimConfig(lr=1e-4, ema_decay=0.999),
+        optim=OptimConfig(lr=1e-4, ema_decay=0.999, amp="bf16" if name.endswith("_bf16") else "none"),
         run=RunConfig(steps=10**6, output=tempfile.mkdtemp(prefix=f"dsclora-bench-{name}-"), device=args.device),
     )
 
@@ -163,6 +165,7 @@ def main() -> None:
         "timed_steps": args.steps,
         "ratios": {
             "ensemble_cached_vs_finetune": median["ensemble_cached"] / median["finetune"],
+            "ensemble_cached_bf16_vs_finetune": median["ensemble_cached_bf16"] / median["finetune"],
             "affinity_l2_vs_l1": affinity["l2"] / affinity["l1"],
         },
         "affinity_loss_sec": affinity,
@@ -177,10 +180,10 @@ def main() -> None:
             for name in NAMES
         },
     }
-    print(f"{'variant':<16}{'s/step':>9}{'x finetune':>12}{'peak MiB':>10}{'trainable':>11}")
+    print(f"{'variant':<22}{'s/step':>9}{'x finetune':>12}{'peak MiB':>10}{'trainable':>11}")
     for name, row in result["variants"].items():
         print(
-            f"{name:<16}{row['sec_per_step_median']:>9.3f}{row['ratio_to_finetune']:>12.3f}"
+            f"{name:<22}{row['sec_per_step_median']:>9.3f}{row['ratio_to_finetune']:>12.3f}"
             f"{row['first_step_peak_memory_mib']:>10.0f}{row['trainable_params']:>11,}"
         )
     print(f"affinity loss on 7 maps, fwd+bwd: l1 {affinity['l1']:.3f} s, l2 (Gram) {affinity['l2']:.4f} s")

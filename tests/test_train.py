@@ -19,11 +19,14 @@ import torch
 from PIL import Image
 
 from dsclora.cli import main
+from dsclora.data.images import to_tensor
 from dsclora.data.patches import PatchDataset, PositionSampler, training_images
 from dsclora.errors import DscloraError
+from dsclora.models.ensemble import SelfEnsemble
+from dsclora.models.span import SPAN, SpanConfig
 from dsclora.train.config import load_config
 from dsclora.train.loop import Trainer
-from dsclora.weights.checkpoints import load_model, read_checkpoint, read_train_state
+from dsclora.weights.checkpoints import load_model, read_checkpoint, read_train_state, save_model
 from dsclora.weights.load import load
 from support import REPO
 
@@ -112,6 +115,27 @@ def test_ensemble_recipe_lowers_its_loss_and_moves_the_student(tmp_path: Path, p
     x = batch["lr"][:2]
     with torch.no_grad():
         assert (merged(x) - base(x)).abs().max().item() > 1e-4  # the merged student is not its base any more
+
+
+def test_a_wider_teacher_supervises_through_cached_targets_in_bf16(tmp_path: Path, photo_folders) -> None:
+    """The shipped recipe's shape: a teacher of another width (C = 28, its x8 ensemble) gives the targets, the
+    student trains under bf16 autocast and still merges into a plain C = 26 SPAN."""
+    wide = SPAN(SpanConfig(channels=28), deploy=True).eval()
+    with torch.no_grad():
+        for p in wide.parameters():
+            p.mul_(0.5)  # a random network whose outputs stay in range
+    save_model(wide, tmp_path / "wide.safetensors")
+    extra = [f"model.teacher={tmp_path / 'wide.safetensors'}", "optim.amp=bf16", "run.steps=3", "run.device=cpu"]
+    trainer = Trainer(load_config(TINY_ENS, ens_overrides(photo_folders, tmp_path / "wide", *extra)), quiet=True)
+    dataset = trainer._dataset()
+    lr = dataset.lr_image(0)
+    with torch.no_grad():
+        expected = SelfEnsemble(wide, 8)(to_tensor(lr))[0].permute(1, 2, 0).numpy()
+    assert np.abs(dataset.targets[0].astype(np.float32) - expected).max() <= 2.5e-4  # fp16 storage
+    summary = trainer.run()
+    assert all(np.isfinite(v) for v in summary["last_losses"].values())
+    merged, spec = load_model(summary["final_model"])
+    assert spec.span.channels == 26 and sum(p.numel() for p in merged.parameters()) == 130_828
 
 
 def test_span_recipe_trains_all_weights(tmp_path: Path, photo_folders) -> None:
