@@ -3,8 +3,9 @@
 For each config: train (resumed if interrupted, skipped when ``runs/study/<name>/final.safetensors`` exists),
 then evaluate the merged model on Set5 / Set14 / B100 x4 and write ``results/<name>.json`` (config, per-set and
 per-image Y-PSNR / SSIM, the training curve, wall time, how far the weights moved). The references are
-evaluated the same way: SPAN-tiny, its x8 self-ensemble (the teacher of (b) and (c)), the official DSCLoRA
-release and the shipped default. Every JSON is written atomically, and an existing one counts as done.
+evaluated the same way: SPAN-tiny, its x8 self-ensemble (the teacher of (b) and (c)), SPAN ch28 and its x8
+self-ensemble (the shipped model's teacher), the official DSCLoRA release and the shipped default. Each JSON
+names the CPU it was measured on. Every JSON is written atomically, and an existing one counts as done.
 
     python studies/cpu_dsclora/run.py [NAME ...]     # default: every config (seed 0 ones first); references first
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from dsclora.devices import cpu_model
 from dsclora.fs import atomic_write
 from dsclora.measure.evaluate import evaluate_dataset
 from dsclora.models.ensemble import SelfEnsemble
@@ -37,6 +39,8 @@ SETS = ("Set5", "Set14", "B100")
 REFERENCES = {  # name: (weights, self-ensemble size)
     "ref_span-tiny": ("span-tiny", 1),
     "ref_span-tiny_x8": ("span-tiny", 8),
+    "ref_span-ch28": ("span-ch28", 1),
+    "ref_span-ch28_x8": ("span-ch28", 8),  # the shipped model's teacher (studies/teacher_choice)
     "ref_dscf": ("dscf", 1),
     "ref_shipped": ("default", 1),
 }
@@ -94,6 +98,7 @@ def run_config(path: Path) -> None:
         "name": name,
         "title": title,
         "config": yaml.safe_load(path.read_text()),
+        "machine": cpu_model(),
         "train_seconds": seconds,
         "eval": evaluate(final),
         "curve": curve(run_dir),
@@ -111,7 +116,8 @@ def main() -> None:
     os.chdir(REPO)  # recipes name ../shared relative to the repository
     for name, (weights, ensemble) in REFERENCES.items():
         if not (RESULTS / f"{name}.json").exists():
-            write(name, {"name": name, "weights": weights, "ensemble": ensemble, "eval": evaluate(weights, ensemble)})
+            payload = {"name": name, "weights": weights, "ensemble": ensemble, "machine": cpu_model()}
+            write(name, payload | {"eval": evaluate(weights, ensemble)})
             print(f"{name}: evaluated", flush=True)
     configs = [HERE / "configs" / f"{n}.yaml" for n in args.names]  # in the order given
     if not configs:  # every recipe's seed 0 first

@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from dsclora.data.images import list_images
+from dsclora.devices import cpu_model
 from dsclora.fs import atomic_write
 from dsclora.measure.evaluate import evaluate_dataset
 from dsclora.models.ensemble import SelfEnsemble
@@ -46,12 +47,13 @@ SHARED = REPO.parent / "shared"
 RESULTS = HERE / "results"
 SPLIT = REPO / "runs" / "teacher_choice" / "split"  # symlinks: train_bsd/ (160 images), val/ (40)
 HOLD_OUT_EVERY = 5
-REFERENCES = {  # name: (weights, self-ensemble size)
-    "ref_span-tiny": ("span-tiny", 1),
-    "ref_span-tiny_x8": ("span-tiny", 8),
-    "ref_span-ch28": ("span-ch28", 1),
-    "ref_span-ch28_x8": ("span-ch28", 8),
-    "ref_dscf": ("dscf", 1),
+REFERENCES = {  # name: the (weights, self-ensemble size) whose outputs are averaged
+    "ref_span-tiny": [("span-tiny", 1)],
+    "ref_span-tiny_x8": [("span-tiny", 8)],
+    "ref_span-ch28": [("span-ch28", 1)],
+    "ref_span-ch28_x8": [("span-ch28", 8)],
+    "ref_span-tiny_x8+ch28_x8": [("span-tiny", 8), ("span-ch28", 8)],
+    "ref_dscf": [("dscf", 1)],
 }
 COMMON = {
     "model": {
@@ -99,10 +101,10 @@ def config_of(name: str) -> dict:
     return config
 
 
-def val_psnr(weights: str | Path, ensemble: int = 1) -> dict:
-    network = load(str(weights)).span
-    upscale = SelfEnsemble(network, ensemble) if ensemble > 1 else network
-    r = evaluate_dataset(upscale, SPLIT / "val", 4, progress=False)
+def val_psnr(members: list[tuple[str | Path, int]]) -> dict:
+    """Y-PSNR / SSIM on the validation split of the mean output of ``members`` (weights, self-ensemble size)."""
+    nets = [SelfEnsemble(load(str(weights)).span, ensemble) for weights, ensemble in members]
+    r = evaluate_dataset(lambda x: sum(net(x) for net in nets) / len(nets), SPLIT / "val", 4, progress=False)
     return {"psnr_y": r["psnr_y"], "ssim_y": r["ssim_y"], "per_image_psnr_y": [row["psnr_y"] for row in r["per_image"]]}
 
 
@@ -128,9 +130,10 @@ def run(name: str) -> None:
         {
             "name": name,
             "config": config.to_dict(),
+            "machine": cpu_model(),
             "train_seconds": summary["seconds"],
             "wall_seconds": time.time() - start,
-            "val": val_psnr(run_dir / "final.safetensors"),
+            "val": val_psnr([(run_dir / "final.safetensors", 1)]),
         },
     )
     print(f"{name}: done in {time.time() - start:.0f} s", flush=True)
@@ -138,10 +141,10 @@ def run(name: str) -> None:
 
 def table() -> None:
     base = json.loads((RESULTS / "ref_span-tiny.json").read_text())["val"]["psnr_y"]
-    print(f"{'run':<20}{'val Y-PSNR':>12}{'gain':>9}")
+    print(f"{'run':<26}{'val Y-PSNR':>12}{'gain':>9}")
     for path in sorted(RESULTS.glob("*.json")):
         psnr = json.loads(path.read_text())["val"]["psnr_y"]
-        print(f"{path.stem:<20}{psnr:>12.4f}{psnr - base:>+9.4f}")
+        print(f"{path.stem:<26}{psnr:>12.4f}{psnr - base:>+9.4f}")
 
 
 def main() -> None:
@@ -151,9 +154,9 @@ def main() -> None:
     os.environ.setdefault("DSCLORA_WEIGHTS_DIR", str(SHARED / "weights"))
     os.chdir(REPO)  # the recipes name ../shared relative to the repository
     make_split()
-    for name, (weights, ensemble) in REFERENCES.items():
+    for name, members in REFERENCES.items():
         if not (RESULTS / f"{name}.json").exists():
-            write(name, {"name": name, "weights": weights, "ensemble": ensemble, "val": val_psnr(weights, ensemble)})
+            write(name, {"name": name, "members": members, "machine": cpu_model(), "val": val_psnr(members)})
             print(f"{name}: evaluated", flush=True)
     for name in args.names or RUNS:
         run(name)
