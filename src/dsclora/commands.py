@@ -110,6 +110,7 @@ def evaluate(args: argparse.Namespace) -> int:
             raise DscloraError(f"--data {root}: folder not found")
     if args.json:
         check_output_file(args.json, "--json")
+        _refuse_overwriting_inputs("eval", [Path(args.json)], args.weights)
     device = _check_runtime(args)
     loaded = load(args.weights, device, args.scale)
     for root in args.data:  # every folder's layout checked before the first image is computed
@@ -143,6 +144,7 @@ def profile(args: argparse.Namespace) -> int:
         raise DscloraError(f"--data {args.data}: folder not found")
     if args.json:
         check_output_file(args.json, "--json")
+        _refuse_overwriting_inputs("profile", [Path(args.json)], args.weights)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _check_runtime(args)
@@ -260,17 +262,18 @@ def _export_files(args: argparse.Namespace) -> list[Path]:
     return files if args.no_card else [*files, files[0].with_suffix(".json")]
 
 
-def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
-    """An export never writes over what it reads: the weights, their JSON card, the check image."""
-    from dsclora.weights.load import network_file
+def _refuse_overwriting_inputs(command: str, outputs: list[Path], weights: str | None, others: tuple = ()) -> None:
+    """A command never writes over what it reads: the weights, their JSON card (``X.json`` beside ``X.pth``),
+    and any ``others`` (export's check image). Asked before anything is loaded."""
+    from dsclora.weights.load import BICUBIC, network_file
 
-    weights = network_file(args.weights)
-    inputs = {weights.resolve(), weights.with_suffix(".json").resolve()}
-    if args.check_image:
-        inputs.add(Path(args.check_image).resolve())
-    for path in _export_files(args):
-        if path.resolve() in inputs:
-            raise DscloraError(f"{path} is one of the export's inputs; write the export elsewhere")
+    inputs = {Path(p).resolve() for p in others}
+    if weights != BICUBIC:
+        path = network_file(weights)
+        inputs |= {path.resolve(), path.with_suffix(".json").resolve()}
+    for path in outputs:
+        if Path(path).resolve() in inputs:
+            raise DscloraError(f"{path} is one of {command}'s inputs; write it elsewhere")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -298,7 +301,9 @@ def export(args: argparse.Namespace) -> int:
         file_format_of(args.output, "safetensors" if fmt == "safetensors" else None)
     if fmt == "onnx" and Path(args.output).suffix.lower() != ".onnx":
         raise DscloraError(f"-o {args.output}: an ONNX file should end in .onnx")
-    _refuse_overwriting_inputs(args)
+    _refuse_overwriting_inputs(
+        "export", _export_files(args), args.weights, (args.check_image,) if args.check_image else ()
+    )
     probe = check_image(args.check_image)
     loaded = load(args.weights, network=True)
     span = loaded.span
