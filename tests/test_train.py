@@ -6,6 +6,7 @@ workspace data: these tests run in any clone.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from dsclora.errors import DscloraError
 from dsclora.models.ensemble import SelfEnsemble
 from dsclora.models.span import SPAN, SpanConfig
 from dsclora.train.config import load_config
+from dsclora.train.logger import Logger
 from dsclora.train.loop import Trainer
 from dsclora.weights.checkpoints import load_model, read_checkpoint, read_train_state, save_model
 from dsclora.weights.load import load
@@ -217,6 +219,26 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path, photo_fold
     assert read_train_state(latest)["step"] == 60
     for key, value in reference.items():
         assert torch.equal(resumed[key], value), key
+    assert _logged_losses(tmp_path / "cut") == _logged_losses(tmp_path / "full")  # one row per step, same values
+
+
+def _logged_losses(out: Path) -> list[tuple[str, str]]:
+    with open(out / "train.csv", newline="") as handle:
+        return [(row["step"], row["loss"]) for row in csv.DictReader(handle)]
+
+
+def test_a_resumed_log_drops_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
+    """A run killed after logging step 30 but checkpointed at 20 logs 30 again: the log keeps one row per step."""
+    (tmp_path / "train.csv").write_text("step,loss\n10,0.5\n20,0.4\n30,0.3\n")
+    (tmp_path / "val.csv").write_text("step,psnr_y\n20,30.0\n")
+    logger = Logger(tmp_path, tensorboard=False, resume_step=20)
+    logger.log("train", {"step": 30, "loss": 0.25})
+    logger.close()
+    assert (tmp_path / "train.csv").read_text().splitlines() == ["step,loss", "10,0.5", "20,0.4", "30,0.25"]
+    assert (tmp_path / "val.csv").read_text().splitlines() == ["step,psnr_y", "20,30.0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv", "val.csv"]  # no temporary file left
+    Logger(tmp_path, tensorboard=False, resume_step=None).close()  # a fresh run starts fresh logs
+    assert not list(tmp_path.glob("*.csv"))
 
 
 @pytest.mark.slow

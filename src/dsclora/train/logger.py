@@ -5,13 +5,32 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from dsclora.fs import atomic_write
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows up to ``step``: those a killed run logged after its last checkpoint are logged again."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body if row and int(float(row[header.index("step")])) <= step]
+    if len(kept) == len(body):
+        return
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *kept])
+
 
 class Logger:
-    def __init__(self, out: Path, tensorboard: bool, append: bool) -> None:
+    def __init__(self, out: Path, tensorboard: bool, resume_step: int | None) -> None:
+        """``resume_step``: the checkpoint's step when a run resumes (its logs continue from there), else None."""
         self.out = out
-        if not append:  # a fresh run starts fresh logs
-            for stale in out.glob("*.csv"):
-                stale.unlink()
+        for existing in sorted(out.glob("*.csv")):  # listed before any rewrite makes a temporary file
+            if resume_step is None:  # a fresh run starts fresh logs
+                existing.unlink()
+            else:
+                _drop_rows_after(existing, resume_step)
         self.files: dict[str, tuple] = {}
         self.tb = None
         if tensorboard:

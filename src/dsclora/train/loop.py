@@ -300,7 +300,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out / "config.json") as tmp:
                 tmp.write_text(json.dumps(c.to_dict(), indent=2))
-        logger = Logger(self.out, c.run.tensorboard, append=self.resume) if main else None
+        logger = Logger(self.out, c.run.tensorboard, self.step if self.resume else None) if main else None
         bar = None
         try:
             loader = self._loader()
