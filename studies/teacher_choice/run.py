@@ -1,7 +1,7 @@
 """Choose the shipped recipe's teacher and precision on held-out training images, never on a benchmark set.
 
 Question: which teacher gives the ConvLoRA student the most, and does bf16 autocast (3.1x faster per step on a
-CPU with AMX-bf16) keep the gain? Everything is judged on a validation split of the training pool: every 5th
+CPU with AMX-bf16 by a first microbenchmark; these runs measured 1.3x) keep the gain? Everything is judged on a validation split of the training pool: every 5th
 BSD200 image by name (40 images, the BSDS300 *training* split, disjoint from B100) is held out; the student
 trains on the other 160, T91 and the 209 unlabelled LR photos, as the shipped recipe does.
 

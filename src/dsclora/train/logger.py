@@ -15,7 +15,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
     if not rows:
         return
     header, body = rows[0], rows[1:]
-    kept = [row for row in body if row and int(float(row[header.index("step")])) <= step]
+    column = header.index("step")
+    kept = [row for row in body if row and int(float(row[column])) <= step]
     if len(kept) == len(body):
         return
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
