@@ -16,7 +16,7 @@ compute bound; the PSNR cost of each reduced precision; peak memory of a tiled 9
   all windows / pixels of the image).
 
 ``--device cuda`` runs the same on a GPU: fp32 (IEEE convs, no TF32) and fp16 paths, compile with CUDA graphs,
-every timing synchronised, plus the network zero-padded to 32 channels (``runtime/padding.py``, exact) in
+every timing synchronised, plus the network zero-padded to 32 channels (``models/span/padding.py``, exact) in
 fp16 channels_last and compiled; instead of the tiled-RSS figure it records the GPU's peak allocation for an
 untiled 960x540 -> 4K upscale, and it adds the NTIRE-style runtime of every path (CUDA events around each
 forward, mean over ``--ntire-images`` inputs of a DIV2K-valid LR size, 510x339, as the NTIRE 2025 ESR kit
@@ -48,8 +48,7 @@ from dsclora.measure.metrics import psnr_y
 from dsclora.measure.profiling import conv_statistics, peak_memory
 from dsclora.runtime.backends import make_runner
 from dsclora.runtime.tiling import TiledUpscaler, tile_windows
-from dsclora.weights.checkpoints import load_model
-from dsclora.weights.registry import resolve
+from dsclora.weights.load import load
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEVICE = torch.device("cpu")  # set by main(); timings synchronise when it is a GPU
@@ -232,11 +231,11 @@ def tiling_cost(runners: dict, radius: int, rounds: int) -> dict[str, dict[str, 
 
 def tiled_4k_child(weights: str, tile: int) -> None:
     """Child mode: upscale a 960x540 image tiled; print peak RSS (MiB) and the max diff to untiled."""
-    model, _ = load_model(resolve(weights))
+    model = load(weights)
     runner = make_runner(model, "channels_last", torch.device("cpu"))
     x = torch.rand(1, 3, 540, 960)
     x = torch.nn.functional.avg_pool2d(x, 9, 1, 4)  # smooth like an image, not noise
-    out = TiledUpscaler(runner, 4, tile, model.config.receptive_radius)(x)
+    out = TiledUpscaler(runner, 4, tile, model.receptive_radius)(x)
     peak = peak_memory(torch.device("cpu")) / 2**20
     untiled = runner(x)
     print(
@@ -272,12 +271,11 @@ def main() -> None:
         sys.exit("infer.py: --device cuda but no CUDA device is available")
     args.json = args.json or f"benchmarks/results/infer{'_cuda' if cuda else ''}.json"
 
-    model, _ = load_model(resolve(args.weights))
+    model = load(args.weights, DEVICE)
     macs = {
-        k: conv_statistics(model, shape)["macs"]
+        k: conv_statistics(model.module, shape)["macs"]
         for k, shape in {"256x256": (1, 3, 256, 256), "1920x1080_out": (1, 3, 270, 480)}.items()
     }
-    model = model.to(DEVICE)
     torch.backends.cuda.matmul.fp32_precision = "ieee"  # the bound is a true fp32 GEMM, never TF32
     gemm = Gemm(sizes=(2048, 4096, 8192) if cuda else CPU_GEMM_SIZES)
     inputs = {
@@ -311,7 +309,7 @@ def main() -> None:
         results.setdefault("bound_ms", {})[label] = statistics.median(bounds) * 1e3
     rate = statistics.median(all_rates)
     results["gemm_gflops"] = rate / 1e9
-    results["single_conv_ratio_to_bound"] = conv_width_floor(model.config.channels, gemm, args.runs)
+    results["single_conv_ratio_to_bound"] = conv_width_floor(model.module.config.channels, gemm, args.runs)
     reference = runners["torch/fp32"]
     # every benchmark image has its own size: let the compiled paths compile each (past dynamo's default
     # limit of 8 shapes they would quietly fall back to eager and measure another path's arithmetic)
@@ -337,7 +335,7 @@ def main() -> None:
         results["tiled_960x540_to_4k"] = {"tile": args.tile, **json.loads(child.stdout.strip().splitlines()[-1])}
     eager = {n: r for n, r in runners.items() if n.split("/")[0] in ("torch", "channels_last", "onnxruntime")}
     eager = {n: r for n, r in eager.items() if n.split("/")[1] == "fp32"}
-    results["tiled_vs_untiled_600x400"] = tiling_cost(eager, model.config.receptive_radius, max(3, args.runs // 3))
+    results["tiled_vs_untiled_600x400"] = tiling_cost(eager, model.receptive_radius, max(3, args.runs // 3))
 
     print(
         f"GEMM {rate / 1e9:.0f} GFLOP/s (median of rounds, {gemm.size}^2), {torch.get_num_threads()} threads; bound "

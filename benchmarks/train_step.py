@@ -36,8 +36,16 @@ from dsclora.data.patches import PatchDataset, training_images
 from dsclora.devices import device_name
 from dsclora.fs import atomic_write
 from dsclora.measure.profiling import current_memory, peak_memory, reset_peak_memory
-from dsclora.models.dsclora import DSCLoRAConfig
-from dsclora.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from dsclora.train.config import (
+    DataConfig,
+    LoraConfig,
+    LoraTarget,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
 from dsclora.train.loop import Trainer
 from dsclora.train.losses import spatial_affinity_loss
 from dsclora.train.teacher import TeacherTargets
@@ -46,17 +54,22 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN_DIR = SHARED / "data" / "train" / "BSD200"
 NAMES = ("finetune", "lora", "ensemble_cached", "ensemble_cached_bf16", "dsclora", "dsclora_l2")
 IMAGES = 24  # training images the batches are cut from (their ensemble targets are computed once)
+RECOMMENDED = [  # configs/dsclora_x4_ens.yaml's ranks
+    LoraTarget("block_*.c?_r.eval_conv", 8, 16.0),
+    LoraTarget("conv_2.eval_conv", 16, 32.0),
+    LoraTarget("upsampler.0", 16, 32.0),
+]
 
 
 def variant(name: str, args: argparse.Namespace) -> TrainConfig:
     to_hr = LossConfig(rec=1.0, teacher=0.0, affinity=0.0)
-    model = ModelConfig(arch="dsclora", base="span-tiny")
+    model = ModelConfig(base="span-tiny")
     if name == "finetune":
-        model, loss = ModelConfig(arch="span", init="span-tiny", form="deploy"), to_hr
+        model, loss = ModelConfig(base="span-tiny", train="full"), to_hr
     elif name == "lora":
         loss = to_hr
     elif name.startswith("ensemble_cached"):
-        model = ModelConfig(arch="dsclora", base="span-tiny", lora=DSCLoRAConfig(8, 16.0, 16, 32.0))
+        model = ModelConfig(base="span-tiny", lora=LoraConfig(targets=RECOMMENDED))
         loss = LossConfig(rec=0.0, teacher=1.0, affinity=0.0, teacher_ensemble=8, teacher_targets="cached")
     else:
         loss = LossConfig(affinity_chunk=args.chunk, affinity_distance="l2" if name == "dsclora_l2" else "l1")
@@ -74,7 +87,7 @@ def make_batches(trainer: Trainer, args: argparse.Namespace, count: int) -> list
     """``count`` batches of LR, HR and the cached ensemble target, the same for every variant."""
     images, _ = training_images([str(TRAIN_DIR)], [], args.patch, 4)
     data = PatchDataset(images[:IMAGES], 4, args.patch, seed=0)
-    targets = TeacherTargets(trainer.teacher.model, trainer.teacher.weights_sha256, 8, 4)
+    targets = TeacherTargets(trainer.teacher.runnable(), trainer.teacher.identity, 8, 4)
     data.set_targets(targets.get_all([data.lr_image(i) for i in range(len(data.images))], progress=False))
     batches = []
     for i in range(count):
@@ -106,8 +119,10 @@ def memory_in_subprocess(name: str, argv: list[str]) -> float:
 def affinity_cost(trainer: Trainer, batch: dict[str, torch.Tensor], distance: str, repeats: int) -> float:
     """Median seconds of the affinity loss (forward + backward) over the seven maps of one batch."""
     with torch.no_grad():
-        _, teacher_maps = trainer.teacher.model.forward_features(batch["lr"])
-        _, student_maps = trainer.student.forward_features(batch["lr"])
+        trainer.teacher.module(batch["lr"])
+        trainer.student(batch["lr"])
+    teacher_maps = list(trainer.teacher_tap.take().values())
+    student_maps = list(trainer.student_tap.take().values())
     times = []
     for _ in range(repeats + 1):
         maps = [m.detach().requires_grad_() for m in student_maps]

@@ -21,6 +21,7 @@ OFFICIAL = {
     "spanf": "ntire2025_team24_spanf.pth",
     "espan": "ntire2025_team36_espan.pth",
     "team46": "ntire2025_team46_span.pth",
+    "craft": "ntire2024_team34_craft.pth",
 }
 
 

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from dsclora.models.descriptor import ModelDescriptor
 from dsclora.models.span import SPAN, SpanConfig
 from dsclora.runtime import autotune
+from dsclora.weights.sources.span import descriptor
 
 
 @pytest.fixture
-def tiny() -> SPAN:
-    return SPAN(SpanConfig(channels=8, blocks=1, scale=2), deploy=True).eval()
+def tiny() -> ModelDescriptor:
+    return descriptor(SPAN(SpanConfig(channels=8, blocks=1, scale=2), deploy=True).eval(), "tiny", None, "0")
 
 
 def fake_timings(monkeypatch, eager: dict[str, float], compiled: tuple[float, float] | None) -> list[str]:
@@ -29,11 +31,11 @@ def fake_timings(monkeypatch, eager: dict[str, float], compiled: tuple[float, fl
         return 0.0, eager[backend]
 
     monkeypatch.setattr(autotune.Timings, "_measure", measure)
-    monkeypatch.setattr(autotune, "_candidates", lambda device, precision: [(name, 0) for name in eager])
+    monkeypatch.setattr(autotune, "_candidates", lambda described, device, precision: [(name, 0) for name in eager])
     return timed
 
 
-def choose(model: SPAN, shapes=None) -> autotune.Choice:
+def choose(model: ModelDescriptor, shapes=None) -> autotune.Choice:
     return autotune.resolve_backend(model, "auto", torch.device("cpu"), "fp32", shapes)
 
 
@@ -74,7 +76,8 @@ def test_explicit_backend_is_not_measured(monkeypatch, tiny) -> None:
 
 
 def test_gpu_candidates_include_padded_widths() -> None:
-    names = autotune._candidates(torch.device("cuda"), "fp16")
+    span = descriptor(SPAN(SpanConfig(channels=8, blocks=1), deploy=True), "tiny", None, "0")
+    names = autotune._candidates(span, torch.device("cuda"), "fp16")
     assert ("channels_last", 8) in names and ("channels_last", 32) in names and ("torch", 0) in names
 
 

@@ -11,17 +11,17 @@ from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.errors import DscloraError
 from dsclora.measure.metrics import psnr_y
+from dsclora.models.span.padding import pad_channels
 from dsclora.runtime.autotune import resolve_backend
 from dsclora.runtime.backends import make_runner
-from dsclora.runtime.padding import pad_channels
 from dsclora.runtime.tiling import TiledUpscaler
-from dsclora.weights.checkpoints import load_model
+from dsclora.weights.load import load
 from support import benchmark_set, official_weight
 
 
 @pytest.fixture(scope="module")
 def dscf():
-    return load_model(official_weight("dscf"))[0]
+    return load(str(official_weight("dscf")))
 
 
 def lr_image(index: int = 0) -> torch.Tensor:
@@ -35,13 +35,13 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
         pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     x = lr_image()[:, :, :72, :80]
     with torch.no_grad():
-        reference = dscf(x)
+        reference = dscf.module(x)
     cpu = torch.device("cpu")
     choice = resolve_backend(dscf, backend, cpu)
     assert choice.backend != "auto"
     runner = make_runner(dscf, choice.backend, cpu, pad=choice.pad)
     assert (runner(x) - reference).abs().max().item() <= 1e-4
-    tiled = TiledUpscaler(runner, 4, tile=32, overlap=dscf.config.receptive_radius)(x)
+    tiled = TiledUpscaler(runner, 4, tile=32, overlap=dscf.receptive_radius)(x)
     assert (tiled - reference).abs().max().item() <= 1e-4
 
 
@@ -72,13 +72,13 @@ def test_bad_backend_choices(dscf) -> None:
 
 @pytest.mark.parametrize("multiple", [8, 16, 32])
 def test_channel_padding_is_exact_on_real_images(dscf, multiple: int) -> None:
-    padded = pad_channels(dscf, multiple)
+    padded = pad_channels(dscf.module, multiple)
     assert padded.config.channels == 32 and padded.conv_cat.weight.shape == (32, 128, 1, 1)
     for index in range(3):
         x = lr_image(index)
         with torch.no_grad():
-            assert (padded(x) - dscf(x)).abs().max().item() <= 1e-6
+            assert (padded(x) - dscf.module(x)).abs().max().item() <= 1e-6
     runner = make_runner(dscf, "channels_last", torch.device("cpu"), pad=multiple)  # the back-end path too
     x = lr_image()[:, :, :40, :52]
     with torch.no_grad():
-        assert (runner(x) - dscf(x)).abs().max().item() <= 1e-5
+        assert (runner(x) - dscf.module(x)).abs().max().item() <= 1e-5

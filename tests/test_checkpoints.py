@@ -2,38 +2,65 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from dsclora import SPAN, DSCLoRA, DSCLoRAConfig, SpanConfig
+from dsclora import SPAN, SpanConfig
 from dsclora.errors import DscloraError
 from dsclora.fs import sha256_file
-from dsclora.models.forms import derived_eval_conv_state
-from dsclora.models.lora import lora_parameters
+from dsclora.models.adapters import adapter_parameters, inject, merge
+from dsclora.models.span import paper_rules
+from dsclora.models.span.checkpoint import detect
+from dsclora.models.span.forms import derived_eval_conv_state
 from dsclora.weights import registry
-from dsclora.weights.checkpoints import detect, load_model, save_model
+from dsclora.weights.load import load
+from dsclora.weights.sources.span import save
 from support import official_weight
 
 
-def test_safetensors_round_trip_keeps_dsclora_config(tmp_path: Path) -> None:
-    student = DSCLoRA(SpanConfig(channels=8, blocks=2, scale=3), DSCLoRAConfig(3, 5.0, 6, 7.0))
+def student_file(tmp_path: Path, metadata: dict | None) -> tuple[SPAN, Path]:
+    """A file as dsclora wrote them before the any-model redesign: a SPAN with live ConvLoRA factors."""
+    config = SpanConfig(channels=8, blocks=2, scale=3)
+    student = SPAN(config, deploy=True)
+    inject(student, paper_rules(3, 5.0, 6, 7.0))
     with torch.no_grad():
-        for p in lora_parameters(student):
-            p.normal_()
+        for p in adapter_parameters(student):
+            p.normal_(0, 0.1)
     path = tmp_path / "student.safetensors"
-    save_model(student, path)
-    loaded, spec = load_model(path)
-    assert spec.arch == "dsclora" and spec.lora == DSCLoRAConfig(3, 5.0, 6, 7.0)  # alpha survives via the JSON
-    for key, value in student.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value)
-    # Without our metadata the shapes still give ranks; alpha falls back to the paper's 2 x rank.
-    from safetensors.torch import save_file
+    tmp_path.mkdir(exist_ok=True)
+    extra = {"dsclora": json.dumps(metadata)} if metadata is not None else {}
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(path), metadata=extra)
+    return student, path
 
-    bare = tmp_path / "bare.safetensors"
-    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(bare))
-    assert load_model(bare)[1].lora == DSCLoRAConfig(3, 6.0, 6, 12.0)
+
+def test_adapter_files_load_merged_with_their_recorded_alpha(tmp_path: Path) -> None:
+    lora = {"block_rank": 3, "block_alpha": 5.0, "tail_rank": 6, "tail_alpha": 7.0, "dropout": 0.0}
+    student, path = student_file(tmp_path, {"arch": "dsclora", "form": "deploy", "span": {}, "lora": lora})
+    loaded = load(str(path))
+    x = torch.rand(1, 3, 10, 10)
+    with torch.no_grad():
+        assert (loaded.module(x) - merge(student)(x)).abs().max().item() <= 1e-5
+    assert type(loaded.module) is SPAN and "block_1.c1_r.eval_conv.lora_A" not in loaded.module.state_dict()
+    # Without the record the factors' alpha is unknown: refused rather than guessed.
+    _, bare = student_file(tmp_path / "bare", None)
+    with pytest.raises(DscloraError, match="no record of their ranks and α"):
+        load(str(bare))
+
+
+def test_save_then_load_round_trips_exactly(tmp_path: Path) -> None:
+    model = SPAN(SpanConfig(channels=8, blocks=2, scale=2, img_range=100.0, norm=False), deploy=True)
+    for suffix in (".safetensors", ".pth"):
+        path = tmp_path / f"m{suffix}"
+        save(model, path)
+        loaded = load(str(path)).module
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value)
+        assert loaded.config.norm is False
+    assert load(str(tmp_path / "m.safetensors")).module.config.img_range == 100.0  # only our format keeps it
 
 
 def test_basicsr_training_checkpoint_detected_and_loaded(tmp_path: Path) -> None:
@@ -42,17 +69,18 @@ def test_basicsr_training_checkpoint_detected_and_loaded(tmp_path: Path) -> None
     noisy = {k: v + 1.0 for k, v in state.items()}
     path = tmp_path / "net_g_1000.pth"
     torch.save({"params": noisy, "params_ema": {f"module.{k}": v for k, v in state.items()}}, path)
-    loaded, spec = load_model(path)
-    assert (spec.form, spec.span.channels, spec.span.blocks, spec.span.scale) == ("train", 12, 4, 2)
+    stored = load(str(path), merged=False).module
+    assert not stored.deploy and (stored.config.channels, stored.config.blocks, stored.config.scale) == (12, 4, 2)
     for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value)  # EMA chosen, DDP prefix stripped
+        assert torch.equal(stored.state_dict()[key], value)  # EMA chosen, DDP prefix stripped
+    assert load(str(path)).module.deploy  # loaded for use: collapsed
 
 
 @pytest.mark.parametrize(("cin", "cout", "scale"), [(3, 3, 4), (1, 1, 3), (3, 3, 1), (4, 4, 2)])
 def test_detect_sizes_from_shapes(cin: int, cout: int, scale: int) -> None:
     cfg = SpanConfig(channels=10, blocks=5, scale=scale, in_channels=cin, out_channels=cout)
-    spec = detect(SPAN(cfg, deploy=True).state_dict())
-    assert spec.span == cfg and spec.form == "deploy"
+    layout = detect(SPAN(cfg, deploy=True).state_dict())
+    assert layout.config == cfg and not layout.train_form
 
 
 def test_mismatched_tensors_give_clear_error(tmp_path: Path) -> None:
@@ -61,12 +89,36 @@ def test_mismatched_tensors_give_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(DscloraError, match="do not fit"):
-        load_model(path)
+        load(str(path))
     state = SPAN(SpanConfig(channels=8, blocks=2, scale=2), deploy=True).state_dict()
     state["conv_cat.bias"][0] = float("nan")
     torch.save(state, path)
     with pytest.raises(DscloraError, match="NaN"):
-        load_model(path)
+        load(str(path))
+    state["conv_cat.bias"] = torch.zeros(8, dtype=torch.int64)
+    torch.save(state, path)
+    with pytest.raises(DscloraError, match=r"conv_cat\.bias is not floating point"):
+        load(str(path))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"arch": "span", "span": [1]}, "must be a JSON object"),
+        ({"arch": "span", "span": {"blocks": 1_000_000_000}}, "blocks=1000000000, the tensors say 2"),
+        ({"arch": "span", "span": {"img_range": 0}}, "img_range must be a positive number"),
+        ({"arch": "span", "span": {"img_range": "255"}}, "img_range must be a positive number"),
+        ({"arch": "span", "span": {"rgb_mean": [0.1, "x", 0.3]}}, "rgb_mean must be a list of numbers"),
+        ({"arch": "span", "span": {"norm": False}}, "norm does not match"),
+    ],
+)
+def test_hostile_embedded_configs_are_refused_before_building(tmp_path: Path, config, message: str) -> None:
+    state = SPAN(SpanConfig(channels=8, blocks=2, scale=2), deploy=True).state_dict()
+    path = tmp_path / "hostile.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"dsclora": json.dumps(config)})
+    with pytest.raises(DscloraError, match=message):
+        load(str(path))
 
 
 def test_registry_resolves_through_search_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

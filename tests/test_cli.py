@@ -18,7 +18,7 @@ from PIL import Image
 
 from dsclora.cli import build_parser, main
 from dsclora.data.imresize import imresize
-from dsclora.weights.checkpoints import load_model
+from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
 from support import REPO, benchmark_set, official_weight
 
@@ -38,7 +38,7 @@ def photo_png(tmp_path: Path, sample_photo: np.ndarray) -> Path:
 
 
 def model_output(weights: Path, rgb_uint8: np.ndarray) -> np.ndarray:
-    model, _ = load_model(weights)
+    model = load(str(weights)).module
     x = torch.from_numpy(rgb_uint8.transpose(2, 0, 1).astype(np.float32) / 255)[None]
     with torch.no_grad():
         sr = model(x)[0].clamp(0, 1).permute(1, 2, 0).numpy()
@@ -347,11 +347,11 @@ def test_convert_round_trip_is_exact(capsys, tmp_path: Path, fmt: str) -> None:
     train_file = tmp_path / f"train.{fmt}"
     back_file = tmp_path / f"deploy.{fmt}"
     assert run_cli(capsys, "convert", str(src), str(train_file), "--to", "train")[0] == 0
-    _trained, spec = load_model(train_file)
-    assert spec.form == "train" and spec.span.channels == 26
+    trained = load(str(train_file), merged=False).module
+    assert not trained.deploy and trained.config.channels == 26
     assert run_cli(capsys, "convert", str(train_file), str(back_file), "--to", "deploy")[0] == 0
-    original, _ = load_model(src)
-    restored, _ = load_model(back_file)
+    original = load(str(src)).module
+    restored = load(str(back_file)).module
     for key, value in original.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key  # bit-exact collapse of the expansion
     raw = torch.load(train_file, weights_only=True) if fmt == "pth" else None

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,8 @@ from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.fs import sha256_file
 from dsclora.measure.metrics import psnr_y
-from dsclora.weights.checkpoints import load_model
 from dsclora.weights.load import load
+from dsclora.weights.sources.spandrel import import_spandrel
 from support import benchmark_set, official_weight
 
 
@@ -37,7 +35,7 @@ def test_onnx_export_matches_torch_on_real_images(tmp_path: Path, capsys) -> Non
     assert "ONNX Runtime vs torch" in capsys.readouterr().out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["scale"] == "4"
-    model, _ = load_model(official_weight("dscf"))
+    model = load(str(official_weight("dscf"))).module
     images = real_lr()
     batch = torch.cat([img[:, :, :60, :44] for img in images])  # dynamic batch and a non-square size
     for x in [*images, batch]:
@@ -102,11 +100,19 @@ numpy.save({str(tmp_path / "y.npy")!r}, out.numpy())
     with torch.no_grad():
         want = load(None).module(x).numpy()
     assert np.abs(np.load(tmp_path / "y.npy") - want).max() <= 1e-6
-    for bad, message in ((["--name", "1bad"], "identifier"), (["--team", "5"], "--name")):
-        argv = ["export", "--format", "ntire", "-o", str(tmp_path / "k2"), *bad]
-        if "--team" not in bad:
-            argv += ["--team", "5"]
+    bad_names = {
+        "1bad": "identifier",
+        "class": "keyword",
+        "print": "built-in",
+        "torch": "already uses",
+        "Block": "already uses",
+    }
+    for name, message in bad_names.items():
+        argv = ["export", "--format", "ntire", "-o", str(tmp_path / "k2"), "--team", "5", "--name", name]
         assert main(argv) == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "k2" / f"team05_{name}.py").exists()
+    assert main(["export", "--format", "ntire", "-o", str(tmp_path / "k2"), "--team", "5"]) == 2
+    assert "--name" in capsys.readouterr().err
 
 
 def test_ncnn_export_matches_torch(tmp_path: Path, capsys) -> None:
@@ -127,38 +133,17 @@ def test_ncnn_export_matches_torch(tmp_path: Path, capsys) -> None:
     assert card["dataset"]  # the embedded model's card says what it was trained on
 
 
-def _stub_torchvision() -> None:
-    """spandrel imports torchvision for two unrelated architectures (LaMa, RestoreFormer); its SPAN does not use
-    it, and PyPI's torchvision is a CUDA build that cannot load here. A stub satisfies those imports."""
-    if "torchvision" in sys.modules:
-        return
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")
-
-    def unavailable(*_args, **_kwargs):
-        raise RuntimeError("torchvision stub")
-
-    functional.rotate = functional.normalize = unavailable
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.functional = functional
-    root = types.ModuleType("torchvision")
-    root.transforms = transforms
-    sys.modules.update(
-        {"torchvision": root, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
-    )
-
-
 @pytest.mark.parametrize("suffix", ["pth", "safetensors"])
 def test_spandrel_loads_our_export_and_gives_our_outputs(tmp_path: Path, suffix: str) -> None:
-    pytest.importorskip("einops", reason="spandrel (optional test dependency) needs einops")
-    _stub_torchvision()
-    spandrel = pytest.importorskip("spandrel", reason="spandrel is an optional test dependency")
+    spandrel = import_spandrel()
+    if spandrel is None:
+        pytest.skip("spandrel (the [spandrel] extra) is not installed")
     official_weight("dscf")
     out = tmp_path / f"dscf_spandrel.{suffix}"
     assert main(["export", "--weights", "dscf", "--format", "spandrel", "-o", str(out)]) == 0
     descriptor = spandrel.ModelLoader().load_from_file(str(out))
     assert descriptor.architecture.id == "SPAN" and descriptor.scale == 4
-    ours, _ = load_model(official_weight("dscf"))
+    ours = load(str(official_weight("dscf"))).module
     for x in real_lr():
         with torch.no_grad():
             assert (descriptor.model.eval()(x) - ours(x)).abs().max().item() <= 1e-5
@@ -173,3 +158,35 @@ def test_export_of_bad_checkpoint_writes_nothing(tmp_path: Path, capsys, fmt: st
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "SPAN-F" in err
     assert not out.parent.exists()
+
+
+def test_no_norm_span_from_spandrel_files_is_computed_unnormalised(tmp_path: Path, capsys) -> None:
+    """spandrel / traiNNer-redux save SPAN(norm=False) with a ``no_norm`` tensor: no mean shift, no x255."""
+    path = tmp_path / "span_tiny_train.pth"
+    assert main(["export", "--weights", str(official_weight("span-tiny")), "--format", "spandrel", "-o", str(path),
+                 "--no-card"]) == 0  # fmt: skip
+    state = torch.load(path, weights_only=True)
+    state["no_norm"] = torch.zeros(1)
+    no_norm = tmp_path / "no_norm.pth"
+    torch.save(state, no_norm)
+    loaded = load(str(no_norm)).module
+    assert loaded.config.norm is False
+    x = real_lr(1)[0][:, :, :24, :28]
+    sd = load(str(official_weight("span-tiny"))).module.state_dict()
+    from test_official import functional_span
+
+    with torch.no_grad():
+        # the hand-written forward with the normalisation undone: feed it x / 255 + mean
+        mean = torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1)
+        want = functional_span(sd, x / 255.0 + mean)
+        assert (loaded(x) - want).abs().max().item() <= 1e-4
+        assert (loaded(x) - load(str(official_weight("span-tiny"))).module(x)).abs().max().item() > 0.1
+    # every export keeps it: the NTIRE module and the spandrel file compute the same function
+    kit = tmp_path / "kit"
+    assert main(["export", "--weights", str(no_norm), "--format", "ntire", "--team", "1", "--name", "NoNorm",
+                 "-o", str(kit), "--no-card"]) == 0  # fmt: skip
+    again = tmp_path / "again.safetensors"
+    assert main(["export", "--weights", str(no_norm), "--format", "spandrel", "-o", str(again), "--no-card"]) == 0
+    reread = load(str(again)).module
+    with torch.no_grad():
+        assert reread.config.norm is False and (reread(x) - loaded(x)).abs().max().item() <= 1e-5

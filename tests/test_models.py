@@ -1,4 +1,5 @@
-"""Conv3XC collapse, ConvLoRA merge / unmerge / injection and ``to_deploy`` against independent references."""
+"""SPAN: Conv3XC collapse, the paper's ConvLoRA placement, ``to_deploy``, FusedSPAN, ``norm=False`` and the
+self-ensemble, against independent references (hand counts, hand-written forwards)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsclora import SPAN, DSCLoRA, DSCLoRAConfig, LoRAConv2d, LoraSpec, SpanConfig, inject_lora, to_deploy
+from dsclora import SPAN, LoRAConv2d, SpanConfig, inject
 from dsclora.measure.profiling import conv_statistics, count_parameters
-from dsclora.models.conv3xc import Conv3XC
+from dsclora.models.adapters import adapter_parameters, mark_only_adapters_trainable
 from dsclora.models.ensemble import SelfEnsemble
-from dsclora.models.lora import lora_parameters, mark_only_lora_trainable
-from dsclora.runtime.fused import FusedSPAN
+from dsclora.models.span import FusedSPAN, paper_rules, to_deploy
+from dsclora.models.span.conv3xc import Conv3XC
 
 
 def branch_sum(module: Conv3XC, x: torch.Tensor) -> torch.Tensor:
@@ -66,74 +67,12 @@ def test_conv3xc_forward_and_collapse_equal_branch_sum(cin: int, cout: int) -> N
     assert (conv64.fused()(x.double()) - branch_sum(conv64, x.double())).abs().max() < 1e-12
 
 
-def test_lora_starts_as_identity_change() -> None:
-    base = nn.Conv2d(6, 4, 3, padding=1)
-    layer = LoRAConv2d(base, LoraSpec(rank=2, alpha=4))
-    assert torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
-    x = torch.randn(1, 6, 8, 8)
-    assert torch.equal(layer(x), base(x))
-
-
-def test_lora_delta_follows_loralib_shapes_rank_and_scaling() -> None:
-    base = nn.Conv2d(6, 4, 3, padding=1)
-    layer = LoRAConv2d(base, LoraSpec(rank=2, alpha=3))
-    assert layer.lora_A.shape == (2 * 3, 6 * 3) and layer.lora_B.shape == (4 * 3, 2 * 3)
-    nn.init.normal_(layer.lora_B)
-    delta = layer.delta_weight()
-    # Hand-derived element formula of the plain reshape: ΔW[o,i,y,x] = s · Σ_j B[o·k + a, j] A[j, b]
-    # with flat index (o·in + i)·k² + y·k + x = a·(in·k) + b.
-    k, cin = 3, 6
-    o, i, y, x = 3, 4, 2, 1
-    flat = ((o * cin + i) * k + y) * k + x
-    a, b = divmod(flat, cin * k)
-    assert torch.isclose(delta[o, i, y, x], 1.5 * (layer.lora_B[a] @ layer.lora_A[:, b]))
-    assert torch.linalg.matrix_rank(delta.reshape(4 * k, cin * k)).item() <= 2 * k
-    x_in = torch.randn(1, 6, 7, 7)
-    expected = F.conv2d(x_in, base.weight + delta, base.bias, padding=1)
-    assert torch.allclose(layer(x_in), expected, atol=1e-5)
-
-
-def test_lora_merge_fused_and_dropout_path() -> None:
-    base = nn.Conv2d(5, 5, 3, padding=1)
-    layer = LoRAConv2d(base, LoraSpec(rank=3, alpha=6, dropout=0.5))
-    nn.init.normal_(layer.lora_B, std=0.1)
-    layer.eval()  # dropout off: the two-branch path must equal the merged weight
-    x = torch.randn(2, 5, 6, 6)
-    before = layer(x)
-    plain = layer.fused()
-    assert type(plain) is nn.Conv2d and torch.allclose(plain(x), before, atol=1e-5)
-    assert torch.allclose(plain.weight, base.weight + layer.delta_weight(), atol=1e-7)
-    layer.merge()
-    assert layer.merged and torch.allclose(layer(x), before, atol=1e-5)
-    assert torch.equal(layer.weight, plain.weight) and torch.equal(layer.fused().weight, plain.weight)
-    layer.train()
-    torch.manual_seed(1)
-    noisy = layer(x)
-    assert not torch.allclose(noisy, before)  # dropout really acts on the low-rank path in training
-
-
-def test_inject_touches_only_matched_layers() -> None:
-    model = SPAN(SpanConfig(channels=8, blocks=3, scale=2), deploy=True)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    names = inject_lora(model, {"block_2.c?_r.eval_conv": LoraSpec(2, 4), "upsampler.0": LoraSpec(4, 4)})
-    assert names == ["block_2.c1_r.eval_conv", "block_2.c2_r.eval_conv", "block_2.c3_r.eval_conv", "upsampler.0"]
-    wrapped = {n for n, m in model.named_modules() if isinstance(m, LoRAConv2d)}
-    assert wrapped == set(names)
-    after = model.state_dict()
-    for key, value in before.items():
-        assert torch.equal(after[key], value)  # base tensors untouched, same names
-    added = set(after) - set(before)
-    assert added == {f"{n}.lora_{ab}" for n in names for ab in "AB"}
-    with pytest.raises(ValueError, match="matched no Conv2d"):
-        inject_lora(model, {"block_9.*": LoraSpec(1, 1)})
-
-
-def test_dsclora_student_placement_and_trainable_set() -> None:
-    student = DSCLoRA(SpanConfig(channels=8, blocks=6, scale=4))
-    wrapped = sorted(n for n, m in student.named_modules() if isinstance(m, LoRAConv2d))
+def test_span_student_is_the_papers_twenty_convs_and_trainable_set() -> None:
+    student = SPAN(SpanConfig(channels=8, blocks=6, scale=4), deploy=True)
+    wrapped = inject(student, paper_rules())
     assert len(wrapped) == 20  # 18 block convs + conv_2 + upsampler (docs/method.md §2)
     assert "conv_1.eval_conv" not in wrapped and "conv_cat" not in wrapped
-    trainable = mark_only_lora_trainable(student)
+    trainable = mark_only_adapters_trainable(student)
     names = [n for n, p in student.named_parameters() if p.requires_grad]
     assert all(n.endswith(("lora_A", "lora_B")) for n in names) and len(names) == 40
     k, c = 3, 8
@@ -155,9 +94,10 @@ def test_to_deploy_exact_for_training_form_span(channels: int, blocks: int, scal
 
 def test_to_deploy_exact_for_dsclora_with_random_factors() -> None:
     base = realistic(SPAN(SpanConfig(channels=26, blocks=6, scale=4)))
-    student = DSCLoRA.from_span(base, DSCLoRAConfig(block_rank=4, block_alpha=8, tail_rank=8, tail_alpha=16))
+    student = to_deploy(base)
+    inject(student, paper_rules(block_rank=4, block_alpha=8, tail_rank=8, tail_alpha=16))
     with torch.no_grad():
-        for p in lora_parameters(student):
+        for p in adapter_parameters(student):
             p.normal_(0, 0.02)
     merged = to_deploy(student)
     x = torch.rand(1, 3, 24, 24)
@@ -172,31 +112,51 @@ def test_to_deploy_exact_for_dsclora_with_random_factors() -> None:
 
 def test_student_starts_equal_to_teacher() -> None:
     teacher = realistic(SPAN(SpanConfig(channels=8, blocks=2, scale=4)))
-    student = DSCLoRA.from_span(teacher)
+    student = to_deploy(teacher)
+    inject(student, paper_rules())
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():
         assert (student(x) - teacher(x)).abs().max().item() <= 1e-5
 
 
-def test_forward_features_are_block_outputs_and_conv2() -> None:
-    model = SPAN(SpanConfig(channels=8, blocks=3, scale=2), deploy=True)
-    x = torch.rand(1, 3, 10, 10)
-    captured = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out[0])) for b in model.blocks]
-    hooks.append(model.conv_2.register_forward_hook(lambda _m, _i, out: captured.append(out)))
-    sr, features = model.forward_features(x)
-    for h in hooks:
-        h.remove()
-    assert len(features) == 4 and all(torch.equal(a, b) for a, b in zip(features, captured, strict=True))
-    assert sr.shape == (1, 3, 20, 20)
+def hand_forward(model: SPAN, x: torch.Tensor, normalise: bool) -> torch.Tensor:
+    """SPAN's forward written out from the paper notes (docs/method.md §1), deploy form, with or without the
+    mean shift and x255 of the input."""
+    conv = lambda module, t: F.conv2d(t, module.eval_conv.weight, module.eval_conv.bias, padding=1)  # noqa: E731
+    if normalise:
+        x = (x - torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1)) * 255.0
+    head = conv(model.conv_1, x)
+    out, act, first = head, head, None
+    for block in model.blocks:
+        h1 = F.silu(conv(block.c1_r, out))
+        h3 = conv(block.c3_r, F.silu(conv(block.c2_r, h1)))
+        out, act = (h3 + out) * (torch.sigmoid(h3) - 0.5), h1
+        first = out if first is None else first
+    tail = conv(model.conv_2, out)
+    joined = F.conv2d(torch.cat([head, tail, first, act], 1), model.conv_cat.weight, model.conv_cat.bias)
+    up = F.conv2d(joined, model.upsampler[0].weight, model.upsampler[0].bias, padding=1)
+    return F.pixel_shuffle(up, model.config.scale)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_forward_and_every_fast_form_follow_the_norm_flag(norm: bool) -> None:
+    model = SPAN(SpanConfig(channels=8, blocks=2, scale=2, norm=norm), deploy=True)
+    randomise(model, 0.1)
+    assert ("no_norm" in model.state_dict()) is not norm  # the marker spandrel / traiNNer-redux files carry
+    x = torch.rand(1, 3, 11, 9)
+    with torch.no_grad():
+        want = hand_forward(model, x, norm)
+        assert (model(x) - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+        assert (FusedSPAN.from_span(model)(x) - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
 
 
 @pytest.mark.parametrize(("channels", "blocks", "scale"), [(26, 6, 4), (10, 1, 3)])
 def test_fused_span_equals_span_with_fewer_macs(channels: int, blocks: int, scale: int) -> None:
     base = realistic(SPAN(SpanConfig(channels=channels, blocks=blocks, scale=scale)))
-    student = DSCLoRA.from_span(base, DSCLoRAConfig(block_rank=2, block_alpha=4, tail_rank=4, tail_alpha=8))
+    student = to_deploy(base)
+    inject(student, paper_rules(block_rank=2, block_alpha=4, tail_rank=4, tail_alpha=8))
     with torch.no_grad():
-        for p in lora_parameters(student):
+        for p in adapter_parameters(student):
             p.normal_(0, 0.02)
     fused = FusedSPAN.from_span(student)  # training form with live LoRA factors: deployed on the way
     x = torch.rand(1, 3, 19, 23)

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from dsclora.data.images import read_uint8_rgb
 from dsclora.errors import DscloraError
 from dsclora.measure.profiling import conv_statistics, count_parameters
-from dsclora.weights.checkpoints import detect, load_model, read_checkpoint
+from dsclora.models.span.checkpoint import detect
+from dsclora.weights.checkpoints import read_checkpoint
+from dsclora.weights.load import load
 from support import benchmark_set, official_weight
 
 
@@ -43,7 +45,7 @@ def functional_span(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tenso
 @pytest.mark.parametrize("key", ["dscf", "span-tiny", "span-ch28"])
 def test_official_forward_matches_functional_recomputation(key: str) -> None:
     path = official_weight(key)
-    model, _ = load_model(path)
+    model = load(str(path)).module
     sd, _ = read_checkpoint(path)
     lr_dir = benchmark_set("Set5") / "x4" / "LR"
     for img in sorted(lr_dir.glob("*.png"))[:2]:
@@ -60,14 +62,10 @@ def test_official_forward_matches_functional_recomputation(key: str) -> None:
     ("key", "channels", "params"), [("dscf", 26, 130_828), ("span-tiny", 26, 130_828), ("span-ch28", 28, 150_688)]
 )
 def test_official_detection_and_counts(key: str, channels: int, params: int) -> None:
-    model, spec = load_model(official_weight(key))
-    assert (spec.arch, spec.form, spec.span.channels, spec.span.blocks, spec.span.scale) == (
-        "span",
-        "deploy",
-        channels,
-        6,
-        4,
-    )
+    loaded = load(str(official_weight(key)))
+    model, config = loaded.module, loaded.module.config
+    assert (loaded.arch, model.deploy, config.channels, config.blocks, loaded.scale) == ("span", True, channels, 6, 4)
+    assert loaded.receptive_radius == 21
     assert count_parameters(model) == params  # the README of ../shared/weights lists these sums
     stats = conv_statistics(model)
     assert stats["convs"] == 22
@@ -96,7 +94,7 @@ def test_dscf_differs_from_its_base_only_where_dsclora_adapts() -> None:
 @pytest.mark.parametrize(("key", "message"), [("spanf", "SPAN-F"), ("espan", "ESPAN"), ("team46", "variant")])
 def test_unsupported_official_files_are_named(key: str, message: str) -> None:
     with pytest.raises(DscloraError, match=message):
-        load_model(official_weight(key))
+        load(str(official_weight(key)))
 
 
 def test_basicsr_wrapper_prefers_ema() -> None:

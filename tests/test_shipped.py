@@ -11,7 +11,6 @@ from PIL import Image
 
 from dsclora.cli import main
 from dsclora.fs import sha256_file
-from dsclora.weights.checkpoints import load_model
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights, resolve
 
@@ -21,8 +20,9 @@ CARD = Path(__file__).resolve().parents[1] / "src" / "dsclora" / "assets" / "MOD
 def test_embedded_model_is_a_plain_span_tiny_under_1mb() -> None:
     path = embedded_weights()
     assert path.stat().st_size < 1_000_000
-    model, spec = load_model(path)
-    assert (spec.arch, spec.form, spec.span.channels, spec.span.blocks, spec.span.scale) == ("span", "deploy", 26, 6, 4)
+    loaded = load(str(path))
+    model, config = loaded.module, loaded.module.config
+    assert (loaded.arch, model.deploy, config.channels, config.blocks, loaded.scale) == ("span", True, 26, 6, 4)
     assert sum(p.numel() for p in model.parameters()) == 130_828
     assert resolve("default") == path and load(None).path == path
 
@@ -41,7 +41,7 @@ def test_upscale_without_weights_runs_offline(tmp_path: Path, monkeypatch, capsy
     Image.fromarray(sample_photo[200:248, 200:264]).save(src)
     assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--backend", "torch"]) == 0, capsys.readouterr().err
     result = np.asarray(Image.open(tmp_path / "out" / "photo.png")).astype(int)
-    model, _ = load_model(embedded_weights())
+    model = load(str(embedded_weights())).module
     x = torch.from_numpy(np.asarray(Image.open(src)).transpose(2, 0, 1).astype(np.float32) / 255)[None]
     with torch.no_grad():
         expected = np.floor(model(x)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)

@@ -28,8 +28,9 @@ from dsclora.models.span import SPAN, SpanConfig
 from dsclora.train.config import load_config
 from dsclora.train.logger import Logger
 from dsclora.train.loop import Trainer
-from dsclora.weights.checkpoints import load_model, read_checkpoint, read_train_state, save_model
+from dsclora.weights.checkpoints import read_checkpoint, read_train_state
 from dsclora.weights.load import load
+from dsclora.weights.sources.span import save
 from support import REPO
 
 TINY_DSCLORA = REPO / "configs" / "dsclora_x4_tiny.yaml"
@@ -75,7 +76,7 @@ def fixed_batch(config, n: int = 8) -> dict[str, torch.Tensor]:
 def test_paper_recipe_learns_only_lora_and_merges(tmp_path: Path, photo_folders) -> None:
     config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "run", "run.steps=30", "optim.ema_decay=0"))
     trainer = Trainer(config, quiet=True)
-    teacher_state = {k: v.clone() for k, v in trainer.teacher.model.state_dict().items()}
+    teacher_state = {k: v.clone() for k, v in trainer.teacher.module.state_dict().items()}
     batch = fixed_batch(config)
     with torch.no_grad():
         before = trainer.losses(batch)
@@ -89,8 +90,9 @@ def test_paper_recipe_learns_only_lora_and_merges(tmp_path: Path, photo_folders)
     changed = [k for k, v in student_state.items() if k.endswith("lora_B") and v.abs().sum() > 0]
     assert len(changed) == 20
     # The merged result loads through the loader as a plain SPAN and equals the student.
-    merged, spec = load_model(summary["final_model"])
-    assert (spec.arch, spec.form, spec.span.channels) == ("span", "deploy", 26)
+    loaded = load(summary["final_model"])
+    merged = loaded.module
+    assert (loaded.arch, merged.deploy, merged.config.channels) == ("span", True, 26)
     x = torch.rand(1, 3, 20, 20)
     with torch.no_grad():
         assert (merged(x) - trainer.student.eval()(x)).abs().max().item() <= 1e-5
@@ -112,7 +114,7 @@ def test_ensemble_recipe_lowers_its_loss_and_moves_the_student(tmp_path: Path, p
     with torch.no_grad():
         after = trainer.losses(batch)["ts"].item()
     assert after < before
-    merged, _ = load_model(summary["final_model"])
+    merged = load(summary["final_model"]).module
     base = load(None).module
     x = batch["lr"][:2]
     with torch.no_grad():
@@ -126,7 +128,7 @@ def test_a_wider_teacher_supervises_through_cached_targets_in_bf16(tmp_path: Pat
     with torch.no_grad():
         for p in wide.parameters():
             p.mul_(0.5)  # a random network whose outputs stay in range
-    save_model(wide, tmp_path / "wide.safetensors")
+    save(wide, tmp_path / "wide.safetensors")
     extra = [f"model.teacher={tmp_path / 'wide.safetensors'}", "optim.amp=bf16", "run.steps=3", "run.device=cpu"]
     trainer = Trainer(load_config(TINY_ENS, ens_overrides(photo_folders, tmp_path / "wide", *extra)), quiet=True)
     dataset = trainer._dataset()
@@ -136,8 +138,8 @@ def test_a_wider_teacher_supervises_through_cached_targets_in_bf16(tmp_path: Pat
     assert np.abs(dataset.targets[0].astype(np.float32) - expected).max() <= 2.5e-4  # fp16 storage
     summary = trainer.run()
     assert all(np.isfinite(v) for v in summary["last_losses"].values())
-    merged, spec = load_model(summary["final_model"])
-    assert spec.span.channels == 26 and sum(p.numel() for p in merged.parameters()) == 130_828
+    merged = load(summary["final_model"]).module
+    assert merged.config.channels == 26 and sum(p.numel() for p in merged.parameters()) == 130_828
 
 
 def test_span_recipe_trains_all_weights(tmp_path: Path, photo_folders) -> None:
@@ -156,16 +158,17 @@ def test_merge_cli_writes_deploy_model(tmp_path: Path, photo_folders, capsys) ->
     Trainer(config, quiet=True).run()
     out = tmp_path / "merged.safetensors"
     assert main(["merge", str(tmp_path / "run" / "latest.pt"), str(out)]) == 0
-    merged, _ = load_model(out)
-    final, _ = load_model(tmp_path / "run" / "final.safetensors")
+    merged = load(str(out)).module
+    final = load(str(tmp_path / "run" / "final.safetensors")).module
     for key, value in final.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value)  # EMA weights, same merge
     raw = tmp_path / "raw.safetensors"
     assert main(["merge", str(tmp_path / "run" / "latest.pt"), str(raw), "--no-ema"]) == 0
-    assert not torch.equal(load_model(raw)[0].conv_2.eval_conv.weight, merged.conv_2.eval_conv.weight)
-    # The training checkpoint itself also loads for inference, with its own config and EMA weights.
-    direct, spec = load_model(tmp_path / "run" / "latest.pt")
-    assert spec.arch == "dsclora" and spec.lora.block_alpha == 4.0
+    assert not torch.equal(load(str(raw)).module.conv_2.eval_conv.weight, merged.conv_2.eval_conv.weight)
+    # The training checkpoint itself also loads for inference: its recorded student, EMA weights, merged.
+    info = read_train_state(tmp_path / "run" / "latest.pt")["model_info"]
+    assert info["adapters"]["block_1.c1_r.eval_conv"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0}
+    direct = load(str(tmp_path / "run" / "latest.pt")).module
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         assert (direct(x) - merged(x)).abs().max().item() <= 1e-5
@@ -259,8 +262,8 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path, photo_folders) -
     for key, value in a.items():
         if key.endswith("lora_B"):
             assert ((b[key] - value).norm() / value.norm()).item() < 1e-2, key
-    single_model, _ = load_model(tmp_path / "single" / "final.safetensors")
-    parallel, _ = load_model(tmp_path / "ddp" / "final.safetensors")
+    single_model = load(str(tmp_path / "single" / "final.safetensors")).module
+    parallel = load(str(tmp_path / "ddp" / "final.safetensors")).module
     teacher = load(None).module
     lr = fixed_batch(load_config(TINY_ENS, ddp), n=1)["lr"]
     with torch.no_grad():
@@ -276,11 +279,14 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path, photo_folders) -
         ("optim.lrr=0.1", "unknown config key optim.lrr"),
         ("optim.lr=fast", "config key optim.lr: expected float"),
         ("data.batch=2.5", "config key data.batch: expected int"),
-        ("model.arch=gan", "config key model.arch"),
+        ("model.train=gan", "config key model.train"),
         ("data.train=[/no/such/folder]", "config key data.train: folder not found"),
-        ("loss.affinity_layers=[block_9]", "config key loss.affinity_layers"),
+        ("loss.affinity_layers=[block_9]", "config key loss.affinity_layers: the student has no module 'block_9'"),
+        ("loss.affinity_layers=[block_1:nope]", "the teacher has no module 'nope'"),
         ("model.base=/no/such/weights.pth", "weights not found"),
-        ("model.lora.block_rank=0", "config key model.lora.block_rank"),
+        ("model.lora.targets=[{pattern: block_9.*, rank: 2}]", "matched no Conv2d / Linear layer: block_9.*"),
+        ("model.lora.targets=[{pattern: '*', rank: -1}]", "config key model.lora.targets[0].rank"),
+        ("model.train_form=true", "the base's training form and low-rank updates"),
         ("loss.teacher_ensemble=4", "config key loss.teacher_ensemble"),
         ("data.train_lr=[/tmp]", "loss.rec must be 0"),
         ("model.teacher=span-ch29", "weights not found"),

@@ -1,26 +1,28 @@
-"""dsclora: distillation-supervised ConvLoRA for efficient image super-resolution.
+"""dsclora: distillation-supervised ConvLoRA for efficient image super-resolution, for SPAN and any SR network.
 
-Train ConvLoRA adapters on a pre-trained SPAN under the supervision of a frozen teacher, merge them, and get
-back a plain SPAN of the same cost (Chai et al., arXiv 2504.11271). The package follows the flow of the work:
-``data`` (HR -> LR, patches) -> ``models`` (SPAN, ConvLoRA, student) -> ``train`` (teacher, losses, loop) ->
-``weights`` (checkpoints, merge) -> ``runtime`` (deploy) -> ``measure`` (eval) / ``export``.
+Train ConvLoRA adapters on a pre-trained network under the supervision of a frozen, better teacher, merge them,
+and get back the same network at the same cost (Chai et al., arXiv 2504.11271). The package follows the flow of
+the work: ``data`` (HR -> LR, patches) -> ``models`` (adapters, the model descriptor, SPAN) -> ``weights``
+(loading any network, checkpoints) -> ``export`` / ``measure`` -> ``train`` -> ``runtime`` (deploy).
 """
 
 from dsclora.errors import DscloraError
-from dsclora.models import SPAN, DSCLoRA, DSCLoRAConfig, SpanConfig
-from dsclora.models.forms import to_deploy
-from dsclora.models.lora import LoRAConv2d, LoraSpec, inject_lora
+from dsclora.models.adapters import AdapterSpec, LoRAConv2d, LoRALinear, inject, merge
+from dsclora.models.descriptor import ModelDescriptor
+from dsclora.models.span import SPAN, SpanConfig
 from dsclora.version import __version__
+from dsclora.weights.load import load
 
 __all__ = [
     "SPAN",
-    "DSCLoRA",
-    "DSCLoRAConfig",
+    "AdapterSpec",
     "DscloraError",
     "LoRAConv2d",
-    "LoraSpec",
+    "LoRALinear",
+    "ModelDescriptor",
     "SpanConfig",
     "__version__",
-    "inject_lora",
-    "to_deploy",
+    "inject",
+    "load",
+    "merge",
 ]

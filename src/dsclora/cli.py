@@ -18,8 +18,12 @@ from dsclora.version import __version__
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-WEIGHTS_HELP = "a checkpoint file (.pth / .safetensors / latest.pt) or a name: default (the embedded model), dscf, "
-WEIGHTS_HELP += "span-tiny, span-ch28 (see `dsclora weights list`)"
+WEIGHTS_HELP = (
+    "the network: a name (default: the embedded model; dscf, span-tiny, span-ch28: see `dsclora weights list`), "
+    "a checkpoint (.pth / .safetensors / a training run's latest.pt: SPAN, or any architecture spandrel detects "
+    "with the [spandrel] extra), or a model spec file (.yaml: code, class, args, weights, scale, input_range, "
+    "pad_to; importing its Python file runs that file's code, so use spec files you trust)"
+)
 
 
 class _Parser(argparse.ArgumentParser):

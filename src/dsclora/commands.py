@@ -34,28 +34,58 @@ def _check_runtime(args: argparse.Namespace):
     return device
 
 
+DEFAULT_OVERLAP = 32  # LR pixels of context per tile when a network's receptive radius is unbounded
+
+
+def _tile_overlap(args: argparse.Namespace, loaded) -> int:
+    """--tile-overlap, else the network's receptive radius (known, or measured and said), else a default that
+    is said not to be exact."""
+    from dsclora.models.receptive import measure_receptive_radius
+
+    if args.tile_overlap is not None:
+        return args.tile_overlap
+    if loaded.receptive_radius is not None:
+        return loaded.receptive_radius
+    radius = measure_receptive_radius(loaded.runnable(), loaded.in_channels)
+    if radius is None:
+        print(
+            f"tile overlap: {DEFAULT_OVERLAP} (default): {loaded.arch} sees beyond any tile (global pooling or "
+            "attention), so tiled output is close to, not equal to, untiled output",
+            file=sys.stderr,
+        )
+        return DEFAULT_OVERLAP
+    loaded.receptive_radius = radius
+    print(f"tile overlap: {radius} (the receptive radius measured for {loaded.arch}: tiles are exact)", file=sys.stderr)
+    return radius
+
+
 def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, int]]):
     """The loaded model as a ``TiledUpscaler``: back-end resolved (``auto`` in autotune), tile chosen, both printed."""
+    from dsclora.measure.profiling import conv_statistics
     from dsclora.models.ensemble import SelfEnsemble
     from dsclora.runtime.autotune import resolve_backend
     from dsclora.runtime.backends import make_runner
     from dsclora.runtime.tiling import TiledUpscaler
     from dsclora.runtime.upscale import auto_tile
+    from dsclora.weights.load import BICUBIC
 
-    overlap = loaded.receptive_radius if args.tile_overlap is None else args.tile_overlap
-    if loaded.spec is None:  # bicubic runs as it is
-        return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, overlap)
+    if loaded.arch == BICUBIC:  # runs as it is
+        return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, args.tile_overlap or loaded.receptive_radius)
     tile = args.tile
     if tile is None:
+        probe = 64 // loaded.size_multiple * loaded.size_multiple or loaded.size_multiple
+        per_pixel = conv_statistics(loaded.runnable(), (1, loaded.in_channels, probe, probe))["activations"] / probe**2
         budget = args.memory_budget * 2**20
-        tile = auto_tile(sizes, loaded.spec.span.channels, loaded.scale, overlap, budget)
+        overlap = args.tile_overlap or loaded.receptive_radius or DEFAULT_OVERLAP
+        tile = auto_tile(sizes, per_pixel, loaded.scale, overlap, budget)
         if tile:
             print(f"tile: {tile} (auto: a whole image would need more than {args.memory_budget} MiB)", file=sys.stderr)
+    overlap = _tile_overlap(args, loaded) if tile else 0
     upscaler = TiledUpscaler(loaded.module, loaded.scale, tile, overlap)
     shapes = upscaler.forward_shapes(sizes)
     shapes = {shape: n * args.self_ensemble for shape, n in shapes.items()}
-    choice = resolve_backend(loaded.span, args.backend, device, args.precision, shapes)
-    runner = make_runner(loaded.span, choice.backend, device, args.precision, choice.pad)
+    choice = resolve_backend(loaded, args.backend, device, args.precision, shapes)
+    runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
     upscaler.runner = SelfEnsemble(runner, args.self_ensemble) if args.self_ensemble > 1 else runner
     note = f" ({args.backend}: {choice.why})" if args.backend == "auto" else ""
     ensemble = ", x8 self-ensemble" if args.self_ensemble > 1 else ""
@@ -149,15 +179,16 @@ def profile(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = _check_runtime(args)
     loaded = load(args.weights, device, network=True)
-    span = loaded.span
     h, w = args.size
-    choice = resolve_backend(span, args.backend, device, args.precision, {(h, w): args.warmup + args.runs})
-    runner = make_runner(span, choice.backend, device, args.precision, choice.pad)
+    choice = resolve_backend(loaded, args.backend, device, args.precision, {(h, w): args.warmup + args.runs})
+    runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
     print(f"backend: {choice.label}, precision {args.precision}", file=sys.stderr)
-    figures = {"weights": loaded.label, "scale": loaded.scale, "backend": choice.label, "precision": args.precision}
-    figures |= profile(span, runner, (1, span.config.in_channels, h, w), args.runs, args.warmup)
-    print(f"model        {loaded.label} (SPAN C={span.config.channels}, {span.config.blocks} blocks, x{loaded.scale})")
-    print(f"input        1x{span.config.in_channels}x{h}x{w}")
+    figures = {"weights": loaded.label, "architecture": loaded.arch, "scale": loaded.scale}
+    figures |= {"backend": choice.label, "precision": args.precision}
+    figures |= profile(loaded.runnable(), runner, (1, loaded.in_channels, h, w), args.runs, args.warmup)
+    size = f" {' '.join(loaded.hooks.size_tags)}" if loaded.hooks.size_tags else ""
+    print(f"model        {loaded.label} ({loaded.arch}{size}, x{loaded.scale})")
+    print(f"input        1x{loaded.in_channels}x{h}x{w}")
     print(f"params       {figures['params']:,}")
     print(f"FLOPs (MACs) {figures['flops_macs'] / 1e9:.3f} G")
     print(f"activations  {figures['activations'] / 1e6:.2f} M")
@@ -171,7 +202,7 @@ def profile(args: argparse.Namespace) -> int:
         f"{figures['peak_memory_over_start_bytes'] / 2**20:.1f} MiB over the start of the timed runs"
     )
     if args.ntire:
-        report = ntire_report(span, runner, args.data, loaded.scale, device, args.efdn_ms, _progress())
+        report = ntire_report(loaded.runnable(), runner, args.data, loaded.scale, device, args.efdn_ms, _progress())
         figures["ntire"] = report
         score = f"{report['score']:.4f}" if report["score"] is not None else "n/a (give --efdn-ms)"
         print(
@@ -186,22 +217,29 @@ def profile(args: argparse.Namespace) -> int:
 
 
 def _convert(source: str, output: str, form: str, file_format: str | None, prefer_ema: bool = True) -> int:
-    """The one deploy/train conversion behind ``convert`` and ``merge``."""
+    """The one checked conversion behind ``convert`` and ``merge``: merged (or SPAN's training form) in the
+    source architecture's own format."""
     from dsclora.fs import check_output_file
-    from dsclora.models.forms import convert
-    from dsclora.weights.checkpoints import file_format_of, load_model, save_model
-    from dsclora.weights.registry import resolve
+    from dsclora.models.checks import check_same_function, checked_merge
+    from dsclora.weights.checkpoints import file_format_of
+    from dsclora.weights.load import load, network_file
 
-    file_format = file_format_of(output, file_format)
-    path = resolve(source)
+    file_format_of(output, file_format)
+    path = network_file(source)
     check_output_file(output)
     if Path(output).resolve() == path.resolve():
         raise DscloraError(f"{output} is the input; write the result to another file")
-    model, _ = load_model(path, prefer_ema=prefer_ema)
-    converted, diff = convert(model, form)
-    written = save_model(converted, output, file_format=file_format)
+    loaded = load(source, prefer_ema=prefer_ema, merged=False)
+    merged, diff = checked_merge(loaded.module, loaded.runnable)
+    if form == "train":
+        if loaded.hooks.train_form is None:
+            raise DscloraError(f"--to train: {loaded.arch} has no re-parameterisable training form")
+        diff = check_same_function(
+            loaded.runnable(merged), loaded.runnable(loaded.hooks.train_form(merged)), "training form"
+        )
+    files = loaded.saver(merged, Path(output), train_form=form == "train")
     print(
-        f"wrote {output}: {written.arch} {written.form} form, C={written.span.channels}, x{written.span.scale} "
+        f"wrote {', '.join(map(str, files))}: {loaded.arch} {form} form, x{loaded.scale} "
         f"(max abs difference to the input {diff:.1e})"
     )
     return 0
@@ -280,7 +318,7 @@ def export(args: argparse.Namespace) -> int:
     from dsclora.data.images import check_image
     from dsclora.export.card import write_card
     from dsclora.fs import check_output_file, check_output_folder
-    from dsclora.weights.checkpoints import file_format_of, save_model
+    from dsclora.weights.checkpoints import file_format_of
     from dsclora.weights.load import load
 
     fmt = args.format
@@ -306,14 +344,13 @@ def export(args: argparse.Namespace) -> int:
     )
     probe = check_image(args.check_image)
     loaded = load(args.weights, network=True)
-    span = loaded.span
     if fmt == "onnx":
         from dsclora.export.onnx import OnnxOptions, export_onnx
 
         options = OnnxOptions(args.opset, args.precision, args.io, args.static, simplify=not args.no_simplify)
-        metadata = {"scale": loaded.scale, "architecture": "span", "channels": span.config.channels}
-        metadata |= {"source": loaded.label, "exported_by": f"dsclora {__version__}"}
-        diff = export_onnx(span, args.output, probe, options, metadata)
+        metadata = {"scale": loaded.scale, "architecture": loaded.arch, "source": loaded.label}
+        metadata |= {"exported_by": f"dsclora {__version__}"}
+        diff = export_onnx(loaded, args.output, probe, options, metadata)
         files = [Path(args.output)]
         shape = "static {}x{}".format(*args.static) if args.static else "dynamic batch/height/width"
         what = (
@@ -322,21 +359,21 @@ def export(args: argparse.Namespace) -> int:
     elif fmt == "ncnn":
         from dsclora.export.ncnn import export_ncnn
 
-        param, weights, diff = export_ncnn(span, args.output, probe)
+        param, weights, diff = export_ncnn(loaded, args.output, probe)
         files, what = [param, weights], f"NCNN param/bin; ncnn vs torch max abs diff {diff:.1e}"
     elif fmt == "ntire":
         from dsclora.export.ntire import export_ntire
 
-        files = list(export_ntire(span, args.output, args.team, args.name))
-        what = "NTIRE kit module and weights"
+        module, weights, diff = export_ntire(loaded, args.output, args.team, args.name)
+        files, what = [module, weights], f"NTIRE kit module and weights, run in a clean Python: max abs diff {diff:.1e}"
     elif fmt == "spandrel":
         from dsclora.export.spandrel import export_spandrel
 
-        diff = export_spandrel(span, args.output)
+        diff = export_spandrel(loaded, args.output)
         files, what = [Path(args.output)], f"training-form SPAN for spandrel/chaiNNer; re-collapse diff {diff:.1e}"
     else:
-        save_model(span, args.output, form="deploy", file_format="safetensors")
-        files, what = [Path(args.output)], "deploy-form SPAN with its JSON config"
+        files = loaded.saver(loaded.module, Path(args.output))
+        what = f"{loaded.arch} in its own layout (safetensors)"
     if not args.no_card:
         card = _export_files(args)[-1]
         write_card(loaded, files, card)

@@ -15,7 +15,7 @@ from dsclora.errors import DscloraError
 from dsclora.measure.evaluate import super_resolve_uint8
 from dsclora.measure.metrics import psnr_y, ssim_y
 from dsclora.models.bicubic import Bicubic
-from dsclora.weights.load import LoadedModel
+from dsclora.models.descriptor import ModelDescriptor
 
 SAMPLES = ("astronaut", "coffee", "chelsea")
 
@@ -29,14 +29,14 @@ def sample_photos() -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
-def run_demo(loaded: LoadedModel, photos: dict[str, np.ndarray], outdir: Path, device: torch.device) -> list[dict]:
+def run_demo(loaded: ModelDescriptor, photos: dict[str, np.ndarray], outdir: Path, device: torch.device) -> list[dict]:
     scale = loaded.scale
     rows = []
     bicubic = Bicubic(scale)
     for name, photo in photos.items():
         hr = modcrop(photo[..., :3], scale)
         lr = imresize(hr, 1.0 / scale)
-        sr = super_resolve_uint8(loaded.module, lr, device)
+        sr = super_resolve_uint8(loaded.runnable(), lr, device)
         bic = super_resolve_uint8(bicubic, lr, device)
         for suffix, img in (("lr", lr), ("bicubic", bic), ("sr", sr), ("hr", hr)):
             write_image(outdir / f"{name}_{suffix}.png", LoadedImage(img.astype(np.float32) / 255.0))

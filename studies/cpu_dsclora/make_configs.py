@@ -24,7 +24,13 @@ import yaml
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "configs"
 SEEDS = (0, 1)
-WIDE = {"block_rank": 8, "block_alpha": 16, "tail_rank": 16, "tail_alpha": 32}
+WIDE = {  # the paper's 20 convs at ranks 8 / 16
+    "targets": [
+        {"pattern": "block_*.c?_r.eval_conv", "rank": 8, "alpha": 16},
+        {"pattern": "conv_2.eval_conv", "rank": 16, "alpha": 32},
+        {"pattern": "upsampler.0", "rank": 16, "alpha": 32},
+    ]
+}
 COMMON = {
     "data": {
         "train": ["../shared/data/train/BSD200", "../shared/data/train/T91"],
@@ -47,16 +53,16 @@ ENSEMBLE = {"rec": 0.0, "teacher": 1.0, "affinity": 0.0, "teacher_ensemble": 8, 
 RUNS = {
     "a_paper": (
         "(a) paper-faithful DSCLoRA",
-        {"model": {"arch": "dsclora", "base": "span-tiny"}, "loss": {"rec": 0.5, "teacher": 0.5, "affinity": 10.0}},
+        {"model": {"base": "span-tiny"}, "loss": {"rec": 0.5, "teacher": 0.5, "affinity": 10.0}},
     ),
     "b_ens_lora": (
         "(b) ensemble-teacher ConvLoRA",
-        {"model": {"arch": "dsclora", "base": "span-tiny", "lora": WIDE}, "loss": ENSEMBLE},
+        {"model": {"base": "span-tiny", "lora": WIDE}, "loss": ENSEMBLE},
     ),
     "c_ens_finetune": (
         "(c) ensemble-teacher plain fine-tune",
         {
-            "model": {"arch": "span", "init": "span-tiny", "form": "deploy"},
+            "model": {"base": "span-tiny", "train": "full"},
             "loss": ENSEMBLE,
             "optim": {"lr": 1.0e-4},
         },
@@ -64,7 +70,7 @@ RUNS = {
     "d_lora_hr": (
         "(d) ConvLoRA on L1 to HR",
         {
-            "model": {"arch": "dsclora", "base": "span-tiny", "lora": WIDE},
+            "model": {"base": "span-tiny", "lora": WIDE},
             "loss": {"rec": 1.0, "teacher": 0.0, "affinity": 0.0},
         },
     ),

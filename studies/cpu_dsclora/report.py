@@ -119,7 +119,7 @@ def cost_row() -> str:
     """Params / MACs / convs of SPAN-tiny and of the shipped (merged) model: computed, not assumed."""
     rows = []
     for label, weights in (("SPAN-tiny", "span-tiny"), ("shipped default (merged student)", "default")):
-        span = load(weights).span
+        span = load(weights).module
         stats = conv_statistics(span, (1, 3, 256, 256))
         rows.append(f"| {label} | {count_parameters(span):,} | {stats['macs'] / 1e9:.3f} G | {stats['convs']} |")
     return "\n".join(rows)

@@ -48,7 +48,7 @@ REFERENCES = {  # name: (weights, self-ensemble size)
 
 def evaluate(weights: str | Path, ensemble: int = 1) -> dict:
     loaded = load(str(weights))
-    runner = make_runner(loaded.span, "channels_last", torch.device("cpu"))
+    runner = make_runner(loaded, "channels_last", torch.device("cpu"))
     upscale = SelfEnsemble(runner, ensemble) if ensemble > 1 else runner
     out = {}
     for name in SETS:
@@ -77,7 +77,7 @@ def write(name: str, payload: dict) -> None:
 
 def weight_change(final: Path, base: str) -> float:
     """||W_final - W_base|| / ||W_base|| over every tensor: how far training moved the network."""
-    a, b = load(str(final)).span.state_dict(), load(base).span.state_dict()
+    a, b = load(str(final)).module.state_dict(), load(base).module.state_dict()
     diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in b)
     return (diff / sum(float(b[k].pow(2).sum()) for k in b)) ** 0.5
 
@@ -102,7 +102,7 @@ def run_config(path: Path) -> None:
         "train_seconds": seconds,
         "eval": evaluate(final),
         "curve": curve(run_dir),
-        "weight_change": weight_change(final, config.model.base or config.model.init),
+        "weight_change": weight_change(final, config.model.base),
     }
     write(name, payload)
     print(f"{name}: done in {time.time() - start:.0f} s", flush=True)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from dsclora.fs import atomic_write, sha256_file
-from dsclora.weights.load import LoadedModel
+from dsclora.models.descriptor import ModelDescriptor
 from dsclora.weights.registry import REGISTRY
 
 PLATFORMS = {
@@ -28,7 +28,7 @@ PLATFORMS = {
 }
 
 
-def _known_facts(loaded: LoadedModel) -> dict:
+def _known_facts(loaded: ModelDescriptor) -> dict:
     """Card fields of the source weights: their sidecar JSON, else the registry entry, else nothing."""
     if loaded.path is not None:
         sidecar = loaded.path.with_suffix(".json")
@@ -40,24 +40,23 @@ def _known_facts(loaded: LoadedModel) -> dict:
     return {}
 
 
-def model_card(loaded: LoadedModel, files: list[Path]) -> dict:
+def model_card(loaded: ModelDescriptor, files: list[Path]) -> dict:
     """The OpenModelDB-style record of an export made of ``files``."""
-    spec = loaded.spec
-    span = spec.span
     facts = _known_facts(loaded)
+    params = sum(p.numel() for p in loaded.module.parameters())
     card = {
         "name": facts.get("name", loaded.label if loaded.path is None else loaded.path.stem),
         "author": facts.get("author", "unknown"),
         "license": facts.get("license", "unknown"),
         "tags": facts.get("tags", ["general-upscaler"]),
-        "description": facts.get("description", f"SPAN (C={span.channels}, {span.blocks} blocks), x{span.scale}"),
+        "description": facts.get("description", f"{loaded.arch}, x{loaded.scale}, {params:,} parameters"),
         "date": facts.get("date", datetime.date.today().isoformat()),
-        "architecture": "span",
-        "size": [f"{span.channels}nf", f"{span.blocks}nb"],
-        "scale": span.scale,
-        "inputChannels": span.in_channels,
-        "outputChannels": span.out_channels,
-        "channels": span.channels,
+        "architecture": loaded.arch.lower(),
+        "size": list(loaded.hooks.size_tags),
+        "scale": loaded.scale,
+        "inputChannels": loaded.in_channels,
+        "outputChannels": loaded.out_channels,
+        "parameters": params,
         "resources": [
             {
                 "platform": PLATFORMS.get(f.suffix, ("other", f.suffix.lstrip(".")))[0],
@@ -76,7 +75,7 @@ def model_card(loaded: LoadedModel, files: list[Path]) -> dict:
     return card
 
 
-def write_card(loaded: LoadedModel, files: list[Path], path: Path) -> Path:
+def write_card(loaded: ModelDescriptor, files: list[Path], path: Path) -> Path:
     """Write the card for ``files`` to ``path`` atomically."""
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(model_card(loaded, files), indent=2, ensure_ascii=False) + "\n")

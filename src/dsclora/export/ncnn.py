@@ -9,6 +9,7 @@ compared with torch before the files are put in place. Both tools are an optiona
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 import tempfile
@@ -18,8 +19,7 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
-from dsclora.models.forms import to_deploy
-from dsclora.models.span import SPAN
+from dsclora.models.descriptor import ModelDescriptor
 
 TOLERANCE = 1e-4  # max abs difference to torch fp32 on a [0, 1] image (measured: ~1e-6)
 
@@ -69,16 +69,19 @@ def run_ncnn(param: Path, weights: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.array(out))[None]
 
 
-def export_ncnn(model: SPAN, path: str | Path, probe: torch.Tensor) -> tuple[Path, Path, float]:
-    """Write ``.param`` and ``.bin`` after checking them in ncnn against torch; returns both paths and the diff."""
+def export_ncnn(described: ModelDescriptor, path: str | Path, probe: torch.Tensor) -> tuple[Path, Path, float]:
+    """Write ``.param`` and ``.bin`` after checking them in ncnn against torch; returns both paths and the diff.
+
+    The traced sizes are multiples of 8, so a network that pads its input to a multiple (``size_multiple``) is
+    traced without the padding: NCNN then needs inputs of that multiple."""
     try:
         import ncnn  # noqa: F401
         import pnnx
     except ImportError:
         raise DscloraError("NCNN export needs pnnx and ncnn: pip install 'dsclora[ncnn]'") from None
-    deployed = to_deploy(model).float().cpu().eval()
+    deployed = copy.deepcopy(described.runnable()).float().cpu().eval()
     param, weights = ncnn_paths(path)
-    channels = deployed.config.in_channels
+    channels = described.in_channels
     param.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=param.parent) as work:
         stem = Path(work) / "model"

@@ -1,119 +1,110 @@
 """Files for the NTIRE Efficient-SR test kit: ``teamNN_Name.py`` (a plain module) and ``teamNN_Name.pth``.
 
-The kit imports ``models/teamNN_Name.py``, builds the class with its default arguments and loads
-``model_zoo/teamNN_Name.pth`` strictly (NTIRE 2024 / 2025 ESR ``test_demo.py``). The module written here
-defines the deploy-form SPAN with torch alone (no dsclora import), with the state-dict keys of the official
-SPAN / DSCLoRA checkpoints; the weights file is a plain state dict like theirs.
+The kit imports ``models/teamNN_Name.py``, builds the class and loads ``model_zoo/teamNN_Name.pth`` strictly
+(NTIRE 2024 / 2025 ESR ``test_demo.py``). What the module holds comes from the architecture (``ArchHooks.
+ntire_module``: SPAN writes its own self-contained template; a spec-file network its own file plus a class with
+its arguments); this module names, checks and writes the files. Before anything is put in place, the module is
+imported and run the way the kit does, in a separate Python process that sees nothing of dsclora, and its output
+is compared with ours.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
+import keyword
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
-from dsclora.fs import atomic_write
-from dsclora.models.forms import to_deploy
-from dsclora.models.span import SPAN
-from dsclora.version import __version__
+from dsclora.models.descriptor import ModelDescriptor
 
-_MODULE = '''"""{name}: SPAN in deploy form (C={channels}, {blocks} blocks, x{scale}), written by dsclora {version}.
-
-Self-contained (torch only). Weights: {stem}.pth, a plain state dict. Input RGB in [0, 1]; output not clamped.
+TOLERANCE = 1e-4  # max abs difference to our output on a [0, 1] image
+_CHECK = """
+import importlib.util, sys
+import numpy as np, torch
+path, weights, name, probe, out = sys.argv[1:6]
+spec = importlib.util.spec_from_file_location("kit_module", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+model = getattr(module, name)()
+model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+with torch.no_grad():
+    np.save(out, model.eval()(torch.from_numpy(np.load(probe))).numpy())
 """
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-class Conv3(nn.Module):
-    """A re-parameterised Conv3XC: one 3x3 conv, stored as ``eval_conv``."""
-
-    def __init__(self, in_channels, out_channels):
-        super().__init__()
-        self.eval_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-
-    def forward(self, x):
-        return self.eval_conv(x)
-
-
-class Block(nn.Module):
-    """SPAB: returns its output and silu(c1(x)), which the network's conv_cat reads from the last block."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.c1_r = Conv3(channels, channels)
-        self.c2_r = Conv3(channels, channels)
-        self.c3_r = Conv3(channels, channels)
-
-    def forward(self, x):
-        h1 = F.silu(self.c1_r(x))
-        h3 = self.c3_r(F.silu(self.c2_r(h1)))
-        return (h3 + x) * (torch.sigmoid(h3) - 0.5), h1
-
-
-class {name}(nn.Module):
-    def __init__(self, num_in_ch={in_channels}, num_out_ch={out_channels}, feature_channels={channels}, upscale={scale},
-                 blocks={blocks}, img_range={img_range!r}, rgb_mean={rgb_mean!r}):
-        super().__init__()
-        self.img_range = img_range
-        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
-        self.blocks = blocks
-        self.conv_1 = Conv3(num_in_ch, feature_channels)
-        for i in range(1, blocks + 1):
-            self.add_module(f"block_{{i}}", Block(feature_channels))
-        self.conv_cat = nn.Conv2d(4 * feature_channels, feature_channels, 1)
-        self.conv_2 = Conv3(feature_channels, feature_channels)
-        self.upsampler = nn.Sequential(
-            nn.Conv2d(feature_channels, num_out_ch * upscale * upscale, 3, padding=1), nn.PixelShuffle(upscale)
-        )
-
-    def forward(self, x):
-        head = self.conv_1((x - self.mean) * self.img_range)
-        out, act = head, head
-        first = None
-        for i in range(1, self.blocks + 1):
-            out, act = getattr(self, f"block_{{i}}")(out)
-            first = out if first is None else first
-        tail = self.conv_2(out)
-        return self.upsampler(self.conv_cat(torch.cat([head, tail, first, act], dim=1)))
-'''
 
 
 def ntire_stem(team: int, name: str) -> str:
     """``teamNN_Name`` as the kit names its files; ``name`` must be a Python identifier (it is the class)."""
     if not 0 <= team <= 999:
         raise DscloraError(f"--team {team}: expected a team number 0-999")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise DscloraError(f"--name {name!r}: must be a Python identifier (letters, digits, _), it names the class")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or keyword.iskeyword(name):
+        raise DscloraError(f"--name {name!r}: must be a Python identifier that is not a keyword (it names the class)")
+    if hasattr(builtins, name):
+        raise DscloraError(f"--name {name!r}: would shadow Python's built-in {name!r}; choose another name")
     return f"team{team:02d}_{name}"
 
 
-def export_ntire(model: SPAN, folder: str | Path, team: int, name: str) -> tuple[Path, Path]:
-    """Write ``teamNN_Name.py`` and ``teamNN_Name.pth`` into ``folder``; returns both paths."""
-    deployed = to_deploy(model).float().cpu()
-    c = deployed.config
+def _shadows(source: str, name: str) -> bool:
+    """Whether the module's own code imports or assigns ``name``, or defines it more than once (the class it
+    defines for the kit is the one definition allowed)."""
+    definitions = 0
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if name in {(a.asname or a.name).split(".")[0] for a in node.names}:
+                return True
+        elif isinstance(node, ast.Assign):
+            if name in {t.id for t in node.targets if isinstance(t, ast.Name)}:
+                return True
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            definitions += node.name == name
+    return definitions > 1
+
+
+def _run_like_the_kit(folder: Path, stem: str, name: str, probe: torch.Tensor) -> torch.Tensor:
+    """Import and run the written module in a fresh ``python -I`` (no dsclora, no user site) as the kit would."""
+    probe_path, out_path = folder / "probe.npy", folder / "out.npy"
+    np.save(probe_path, probe.numpy())
+    args = [str(folder / f"{stem}.py"), str(folder / f"{stem}.pth"), name, str(probe_path), str(out_path)]
+    done = subprocess.run([sys.executable, "-I", "-c", _CHECK, *args], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise DscloraError(f"the written NTIRE module fails in a clean Python ({last}); nothing written")
+    return torch.from_numpy(np.load(out_path))
+
+
+def export_ntire(described: ModelDescriptor, folder: str | Path, team: int, name: str) -> tuple[Path, Path, float]:
+    """Write ``teamNN_Name.py`` and ``teamNN_Name.pth`` into ``folder`` after the kit-style check; returns both
+    paths and the max abs difference of the kit module's output to ours."""
+    if described.hooks.ntire_module is None:
+        raise DscloraError(
+            f"{described.arch} ({described.label}) has no standalone module file for the NTIRE kit; "
+            "give the network as a model spec file (its own Python file), or export ONNX"
+        )
     stem = ntire_stem(team, name)
-    source = _MODULE.format(
-        name=name,
-        stem=stem,
-        version=__version__,
-        channels=c.channels,
-        blocks=c.blocks,
-        scale=c.scale,
-        in_channels=c.in_channels,
-        out_channels=c.out_channels,
-        img_range=float(c.img_range),
-        rgb_mean=tuple(c.rgb_mean),
-    )
+    source, state = described.hooks.ntire_module(described.module, name)
+    if _shadows(source, name):
+        raise DscloraError(f"--name {name!r}: the module already uses that name; choose another")
     folder = Path(folder)
-    module_path, weights_path = folder / f"{stem}.py", folder / f"{stem}.pth"
-    state = {k: v.detach().contiguous() for k, v in deployed.state_dict().items()}
-    with atomic_write(weights_path) as tmp:
-        torch.save(state, tmp)
-    with atomic_write(module_path) as tmp:
-        tmp.write_text(source)
-    return module_path, weights_path
+    folder.mkdir(parents=True, exist_ok=True)
+    model = described.runnable().float().cpu().eval()
+    probe = torch.rand(1, described.in_channels, 32, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(probe)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".ntire-") as work:
+        work = Path(work)
+        (work / f"{stem}.py").write_text(source)
+        torch.save(state, work / f"{stem}.pth")
+        diff = float((_run_like_the_kit(work, stem, name, probe) - want).abs().max())
+        if not diff <= TOLERANCE:
+            raise DscloraError(f"the NTIRE module's output differs from ours by {diff:.2e}; nothing written")
+        for suffix in (".pth", ".py"):
+            os.replace(work / f"{stem}{suffix}", folder / f"{stem}{suffix}")
+    return folder / f"{stem}.py", folder / f"{stem}.pth", diff

@@ -1,6 +1,7 @@
 """ONNX: the one graph builder (used by ``dsclora export`` and by the ONNX Runtime back-end) and checked files.
 
-The graph is the deploy-form network (plain convs) with dynamic batch / height / width, or one fixed input size
+The graph is the merged network as a descriptor runs it (input range and padding inside, so the file takes and
+gives RGB in [0, 1]) with dynamic batch / height / width, or one fixed input size
 (``static``), which TensorRT and some mobile runtimes prefer. ``fp16`` stores weights and computes in half
 precision; its inputs and outputs stay float32 unless ``io="fp16"`` (cast nodes at both ends), so callers need
 not change. Exported files clamp the output to [0, 1] (the network itself does not) and carry the scale and
@@ -10,6 +11,7 @@ simplified with it (constant folding, fused casts); the ONNX Runtime check runs 
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from dataclasses import dataclass
@@ -22,8 +24,7 @@ from torch import nn
 
 from dsclora.errors import DscloraError
 from dsclora.fs import atomic_write
-from dsclora.models.forms import to_deploy
-from dsclora.models.span import SPAN
+from dsclora.models.descriptor import ModelDescriptor
 
 OPSET = 17
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}  # max abs difference to torch fp32 on a real image, [0, 1] scale
@@ -68,16 +69,15 @@ def _simplified(data: bytes) -> bytes:
         return onnxslim.slim(onnx.load_from_string(data)).SerializeToString()
 
 
-def onnx_bytes(model: nn.Module, options: OnnxOptions = OnnxOptions(), metadata: dict[str, str] | None = None) -> bytes:
-    """The serialised ONNX graph of ``model`` (a SPAN or any module mapping NCHW to NCHW)."""
+def onnx_bytes(
+    model: nn.Module, options: OnnxOptions = OnnxOptions(), metadata: dict[str, str] | None = None, in_channels: int = 3
+) -> bytes:
+    """The serialised ONNX graph of ``model`` (any module mapping NCHW [0, 1] images to NCHW [0, 1] images)."""
     try:
         import onnx
     except ImportError:
         raise DscloraError("ONNX needs the onnx package: pip install 'dsclora[onnx]'") from None
-    if isinstance(model, SPAN):
-        model = to_deploy(model)
-    graph = _Graph(model.cpu().eval(), options)
-    in_channels = model.config.in_channels
+    graph = _Graph(copy.deepcopy(model).cpu().eval(), options)
     h, w = options.static or (32, 32)
     sample = torch.rand(1, in_channels, h, w).to(graph.io)
     dynamic = None if options.static else {0: "batch", 2: "height", 3: "width"}
@@ -119,7 +119,7 @@ def onnxruntime_session(data: bytes, providers: list[str] | None = None, threads
 
 
 def export_onnx(
-    model: SPAN,
+    described: ModelDescriptor,
     path: str | Path,
     probe: torch.Tensor,
     options: OnnxOptions = OnnxOptions(),
@@ -129,7 +129,8 @@ def export_onnx(
 
     Returns the max abs difference (outputs clamped alike); raises, writing nothing, above ``TOLERANCE``.
     """
-    data = onnx_bytes(model, options, metadata)
+    model = described.runnable()
+    data = onnx_bytes(model, options, metadata, described.in_channels)
     session = onnxruntime_session(data)
     x = probe
     if options.static:
@@ -140,7 +141,7 @@ def export_onnx(
     feed = x.numpy().astype(np.float16 if options.io == "fp16" else np.float32)
     got = session.run(None, {"input": feed})[0].astype(np.float32)
     with torch.no_grad():
-        want = to_deploy(model).float().eval()(x)
+        want = copy.deepcopy(model).float().eval()(x)
     want = (want.clamp(0, 1) if options.clamp else want).numpy()
     diff = float(np.abs(got - want).max())
     tolerance = TOLERANCE[options.precision]

@@ -1,22 +1,24 @@
-"""A file spandrel / chaiNNer load: a training-form SPAN whose Conv3XC branches collapse exactly to our weights.
-
-spandrel detects SPAN by its training-form keys (``sk``, ``conv.0/1/2``), which deploy checkpoints lack;
-``forms.to_train_form`` builds branches whose collapse reproduces each deploy kernel bit for bit.
-"""
+"""A file spandrel / chaiNNer load: the training form of an architecture spandrel detects only that way (SPAN,
+whose Conv3XC branches ``sk``, ``conv.0/1/2`` spandrel reads and deploy checkpoints lack), written so that its
+collapse reproduces our weights bit for bit (``models/span/forms.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dsclora.models.forms import to_deploy
-from dsclora.models.span import SPAN
-from dsclora.weights.checkpoints import load_model, save_model
+from dsclora.errors import DscloraError
+from dsclora.models.descriptor import ModelDescriptor
+from dsclora.weights.load import load
 
 
-def export_spandrel(model: SPAN, path: str | Path) -> float:
+def export_spandrel(described: ModelDescriptor, path: str | Path) -> float:
     """Write the file; return the max abs difference between its re-collapsed weights and ours (0.0: exact)."""
-    deployed = to_deploy(model)
-    save_model(deployed, path, form="train")
-    reloaded, _ = load_model(path)
-    collapsed = to_deploy(reloaded).state_dict()
-    return max(float((collapsed[k] - v).abs().max()) for k, v in deployed.state_dict().items())
+    if described.hooks.train_form is None or described.saver is None:
+        raise DscloraError(
+            f"--format spandrel writes SPAN's training form; {described.arch} has none (spandrel reads its own "
+            "files as they are: use --format safetensors, or the original file)"
+        )
+    described.saver(described.module, Path(path), train_form=True)
+    collapsed = load(str(path)).module.state_dict()
+    ours = described.module.state_dict()
+    return max(float((collapsed[k].cpu() - v.cpu()).abs().max()) for k, v in ours.items())

@@ -1,8 +1,9 @@
 """Efficiency figures as the NTIRE ESR challenge reports them (``docs/method.md`` §4).
 
 - params: sum of ``numel`` over the (deploy) model's parameters;
-- FLOPs: multiply-accumulates of the convolutions, as fvcore counts them (``out_numel · in/groups · k²``;
-  bias, activations, pixel shuffle and element-wise ops are not counted), for a 1x3x256x256 input;
+- FLOPs: multiply-accumulates, as fvcore counts them, for a 1x3x256x256 input: ``torch.utils.flop_counter``'s
+  count halved (it counts a multiply-add as 2 FLOPs): convolutions (``out_numel · in/groups · k²``) and matrix
+  products, attention's included; bias, activations, pixel shuffle and other element-wise ops are not counted;
 - activations: sum of conv output numels; convs: number of conv calls in one forward;
 - latency: median and min over ``runs`` timed forwards after ``warmup`` (CUDA-synchronised on GPU), with the
   thread count stated; peak memory: ``max_memory_allocated`` on CUDA, the process's peak resident set on CPU
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,22 +32,25 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.inference_mode()
 def conv_statistics(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256, 256)) -> dict[str, int]:
-    """MACs, activations and conv count of one forward, recorded by hooks on every ``nn.Conv2d``."""
+    """MACs (every conv and matrix product), conv activations and conv count of one forward.
+
+    Activations and convs as the NTIRE kit counts them: hooks on every ``nn.Conv2d`` (outputs' numel, calls).
+    """
     totals = {"macs": 0, "activations": 0, "convs": 0}
 
-    def hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
-        k = module.kernel_size[0] * module.kernel_size[1]
-        totals["macs"] += output.numel() * (module.in_channels // module.groups) * k
+    def hook(_module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
         totals["activations"] += output.numel()
         totals["convs"] += 1
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
         param = next(model.parameters())
-        model(torch.zeros(input_shape, device=param.device, dtype=param.dtype))
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(input_shape, device=param.device, dtype=param.dtype))
     finally:
         for handle in handles:
             handle.remove()
+    totals["macs"] = counter.get_total_flops() // 2
     return totals
 
 
@@ -194,7 +199,7 @@ def ntire_report(
             sr = runner(x)
             times.append((time.perf_counter() - began) * 1e3)
         psnrs.append(psnr_rgb(to_uint8(to_array(sr)), hr, scale))
-    stats = conv_statistics(model, (1, model.config.in_channels, 256, 256))
+    stats = conv_statistics(model, (1, first.shape[1], 256, 256))
     params = count_parameters(model)
     runtime = statistics.fmean(times)
     return {

@@ -2,7 +2,7 @@
 pays for a job.
 
 Eager paths cost nothing to start, so their speed per pixel is timed once per machine and precision and cached
-(keyed by device model, threads, versions and network width). On a CPU they are torch (NCHW), channels_last
+(keyed by device model, threads, versions and the network's identity). On a CPU they are torch (NCHW), channels_last
 and, for fp32, ONNX Runtime. On a GPU they are torch and channels_last at the network's own width and
 zero-padded to 8, 16 and 32 channels (``padding.py``; tensor cores want multiples of 8).
 
@@ -25,7 +25,7 @@ import torch
 
 from dsclora.devices import device_name
 from dsclora.fs import user_cache_dir
-from dsclora.models.span import SPAN
+from dsclora.models.descriptor import ModelDescriptor
 from dsclora.runtime.backends import check_combination, make_runner
 
 MAX_COMPILED_SHAPES = 8  # torch._dynamo.config.recompile_limit: past it, dynamo falls back to eager
@@ -47,10 +47,11 @@ class Choice:
         return self.backend + (f" (padded to a multiple of {self.pad} channels)" if self.pad else "")
 
 
-def _candidates(device: torch.device, precision: str) -> list[tuple[str, int]]:
+def _candidates(described: ModelDescriptor, device: torch.device, precision: str) -> list[tuple[str, int]]:
     """The eager (backend, pad) paths worth timing here."""
     if device.type == "cuda":
-        return [("torch", 0)] + [("channels_last", pad) for pad in GPU_PADS]
+        pads = GPU_PADS if described.hooks.pad_channels is not None else (0,)
+        return [("torch", 0)] + [("channels_last", pad) for pad in pads]
     names = [("torch", 0), ("channels_last", 0)]
     if precision == "fp32":
         try:
@@ -81,11 +82,13 @@ def _timed(runner, x: torch.Tensor, device: torch.device, repeats: int) -> tuple
 class Timings:
     """Cached per-machine timings: seconds per megapixel of each path, and compile's one-off cost."""
 
-    def __init__(self, model: SPAN, device: torch.device, precision: str, size: int = 256, repeats: int = 3) -> None:
-        self.model, self.device, self.precision, self.size, self.repeats = model, device, precision, size, repeats
-        self.candidates = _candidates(device, precision)
+    def __init__(
+        self, described: ModelDescriptor, device: torch.device, precision: str, size: int = 256, repeats: int = 3
+    ) -> None:
+        self.model, self.device, self.precision, self.size, self.repeats = described, device, precision, size, repeats
+        self.candidates = _candidates(described, device, precision)
         self.key = "|".join(
-            [device_name(device), torch.__version__, f"C{model.config.channels}", precision]
+            [device_name(device), torch.__version__, described.identity[:16], precision]
             + [f"{name}/{pad}" for name, pad in self.candidates]
         )
         self.path = user_cache_dir("auto_backend.json")
@@ -100,7 +103,7 @@ class Timings:
     def _measure(self, backend: str, pad: int) -> tuple[float, float]:
         """(compile-or-warm-up seconds, seconds per megapixel)."""
         runner = make_runner(self.model, backend, self.device, self.precision, pad)
-        x = torch.rand(1, self.model.config.in_channels, self.size, self.size, device=self.device)
+        x = torch.rand(1, self.model.in_channels, self.size, self.size, device=self.device)
         first, steady = _timed(runner, x, self.device, self.repeats)
         return first - steady, steady / (self.size * self.size / 1e6)
 
@@ -159,10 +162,14 @@ def choose(timings: Timings, shapes: Shapes | None = None) -> Choice:
 
 
 def resolve_backend(
-    model: SPAN, backend: str, device: torch.device, precision: str = "fp32", shapes: Shapes | None = None
+    described: ModelDescriptor,
+    backend: str,
+    device: torch.device,
+    precision: str = "fp32",
+    shapes: Shapes | None = None,
 ) -> Choice:
-    """``backend`` as asked, or for ``auto`` the measured choice for this model, device, precision and job."""
+    """``backend`` as asked, or for ``auto`` the measured choice for this network, device, precision and job."""
     check_combination(backend, device, precision)
     if backend != "auto":
         return Choice(backend)
-    return choose(Timings(model, device, precision), shapes)
+    return choose(Timings(described, device, precision), shapes)

@@ -1,8 +1,10 @@
-"""Ways to run a deploy-form SPAN fast: eager NCHW (the reference), channels_last, torch.compile, ONNX Runtime,
-and reduced-precision policies. ``make_runner`` returns a callable NCHW float32 -> NCHW float32; which back-end
-``auto`` means is decided in ``autotune`` alone.
+"""Ways to run a network fast: eager NCHW (the reference), channels_last, torch.compile, ONNX Runtime, and
+reduced-precision policies. ``make_runner`` takes a model descriptor and returns a callable NCHW float32 [0, 1]
+-> NCHW float32 [0, 1] (input range and padding applied by the descriptor); which back-end ``auto`` means is
+decided in ``autotune`` alone.
 
-Every path but the reference runs ``FusedSPAN`` (same function, no channel concatenation; see its module).
+Every path but the reference runs the architecture's faster inference form where it has one (SPAN:
+``FusedSPAN``, same function, no channel concatenation; see its module).
 Measured on this project's 2-core CPU (benchmarks/infer.py): NHWC (channels_last) suits oneDNN's 26-channel
 convs; torch.compile with Inductor's weight freezing (constant-folded, pre-packed conv weights, SiLU and adds
 fused into the convs as oneDNN post-ops) removes most element-wise passes. Freezing is an Inductor config
@@ -18,7 +20,8 @@ the conv_2 / conv_cat terms to bf16 too changes nothing measurable); compiled, ~
 On a GPU, fp32 means IEEE fp32 convs (cuDNN's TF32 default is switched off around each call); fp16 / bf16 are
 autocast; ``cudnn.benchmark`` picks the fastest conv algorithm per shape; ``compile`` uses
 ``mode="max-autotune"`` (Triton / cuDNN kernel search plus CUDA graphs: one launch for the whole network).
-``pad`` > 0 runs the network zero-padded to a width that is a multiple of ``pad`` (``padding.py``: exact).
+``pad`` > 0 runs the network zero-padded to a width that is a multiple of ``pad`` where the architecture offers
+exact channel padding (SPAN: ``models/span/padding.py``).
 """
 
 from __future__ import annotations
@@ -32,14 +35,11 @@ from torch import nn
 
 from dsclora.errors import DscloraError
 from dsclora.export.onnx import OnnxOptions, onnx_bytes, onnxruntime_session
-from dsclora.models.forms import replace_module
-from dsclora.models.span import SPAN
-from dsclora.runtime.fused import FusedSPAN
-from dsclora.runtime.padding import pad_channels
+from dsclora.models.adapters import replace_module
+from dsclora.models.descriptor import ModelDescriptor
 
 BACKENDS = ("torch", "channels_last", "compile", "onnxruntime")  # what --backend names besides auto
 PRECISIONS = ("fp32", "bf16", "bf16-accurate", "fp16")
-FP32_CONVS = ("conv_1", "head_proj", "upsampler")  # kept in fp32 by bf16-accurate
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -66,13 +66,15 @@ class _Float32Output(nn.Module):
         return self.conv(x).float()
 
 
-def accurate_bf16_copy(model: nn.Module) -> nn.Module:
-    """A copy for ``bf16-accurate``: convs that read the x255 input or write the output stay fp32, the others
-    run in bf16 and hand fp32 to what follows (names of SPAN and FusedSPAN alike)."""
+def accurate_bf16_copy(model: nn.Module, fp32_layers: tuple[str, ...] = ()) -> nn.Module:
+    """A copy for ``bf16-accurate``: convs named by ``fp32_layers`` (the architecture's input- and output-side
+    layers, e.g. SPAN's that read the x255 input or write the output) stay fp32, the others run in bf16 and hand
+    fp32 to what follows."""
     work = copy.deepcopy(model)
     for name, module in list(work.named_modules()):
         if isinstance(module, nn.Conv2d):
-            replace_module(work, name, _Float32(module) if name.startswith(FP32_CONVS) else _Float32Output(module))
+            keep = bool(fp32_layers) and name.startswith(fp32_layers)
+            replace_module(work, name, _Float32(module) if keep else _Float32Output(module))
     return work
 
 
@@ -118,11 +120,12 @@ def _torch_runner(
     return run
 
 
-def _onnxruntime_runner(model: nn.Module, device: torch.device, precision: str) -> Runner:
+def _onnxruntime_runner(model: nn.Module, device: torch.device, precision: str, in_channels: int) -> Runner:
     if precision != "fp32":
         raise DscloraError("--backend onnxruntime runs fp32 only")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else None
-    session = onnxruntime_session(onnx_bytes(model, OnnxOptions(clamp=False, simplify=False)), providers)
+    data = onnx_bytes(model, OnnxOptions(clamp=False, simplify=False), in_channels=in_channels)
+    session = onnxruntime_session(data, providers)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         out = session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})[0]
@@ -143,22 +146,30 @@ def check_combination(backend: str, device: torch.device, precision: str) -> Non
         raise DscloraError("--backend onnxruntime runs fp32 only")
 
 
-def make_runner(model: SPAN, backend: str, device: torch.device, precision: str = "fp32", pad: int = 0) -> Runner:
-    """A callable for a deploy-form ``model`` already on ``device``; ``backend`` is one of ``BACKENDS``."""
+def make_runner(
+    described: ModelDescriptor, backend: str, device: torch.device, precision: str = "fp32", pad: int = 0
+) -> Runner:
+    """A callable for the descriptor's (merged) network, already on ``device``; ``backend`` is one of ``BACKENDS``;
+    ``pad`` > 0 needs an architecture with exact channel padding."""
     check_combination(backend, device, precision)
     if backend == "auto":
         raise ValueError("make_runner takes a concrete backend; autotune.resolve_backend decides what auto means")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one algorithm search per input shape, then the fastest kernel
-    source = pad_channels(model, pad) if pad else model
+    hooks = described.hooks
+    if pad and hooks.pad_channels is None:
+        raise DscloraError(f"{described.arch} offers no exact channel padding")
+    source = hooks.pad_channels(described.module, pad) if pad else described.module
     # copies: memory formats and wrappers must not leak into the caller's model
-    work = copy.deepcopy(source).eval() if backend == "torch" else FusedSPAN.from_span(source)
+    fast = backend != "torch" and hooks.fast_form is not None
+    work = hooks.fast_form(source) if fast else copy.deepcopy(source).eval()
     for param in work.parameters():
         param.requires_grad_(False)
     if precision == "bf16-accurate":
-        work = accurate_bf16_copy(work)
+        work = accurate_bf16_copy(work, hooks.fp32_layers)
+    work = described.runnable(work)
     if backend == "onnxruntime":
-        return _onnxruntime_runner(work, device, precision)
+        return _onnxruntime_runner(work, device, precision, described.in_channels)
     if backend == "compile":
         mode = "max-autotune" if device.type == "cuda" else None
         compiled = torch.compile(work.to(memory_format=torch.channels_last), mode=mode)

@@ -28,9 +28,10 @@ from dsclora.errors import DscloraError
 from dsclora.runtime.tiling import TiledUpscaler
 
 Existing = Literal["refuse", "overwrite", "skip"]
-# Peak memory of an untiled eager forward, per LR pixel: ~110 bytes per feature channel plus the fp32 output
-# (measured with benchmarks/infer.py's memory pass: 1.3-2.9 kB per LR pixel for C = 26, x4, depending on path).
-BYTES_PER_CHANNEL_PIXEL = 110
+# Peak memory of an untiled eager forward per conv activation (conv output value) of the network: measured with
+# benchmarks/infer.py's memory pass for SPAN-tiny (1.3-2.9 kB per LR pixel, 594 conv activations per LR pixel,
+# depending on the path), so ~5 bytes each with the float32 output on top.
+BYTES_PER_ACTIVATION = 5
 
 
 @dataclass
@@ -102,9 +103,14 @@ def plan(
     return result
 
 
-def auto_tile(sizes: Sequence[tuple[int, int]], channels: int, scale: int, overlap: int, budget_bytes: int) -> int:
-    """0 when the largest image fits ``budget_bytes`` untiled, else the largest multiple of 64 whose windows fit."""
-    per_pixel = BYTES_PER_CHANNEL_PIXEL * channels + 4 * 3 * scale * scale * 2
+def auto_tile(
+    sizes: Sequence[tuple[int, int]], activations_per_pixel: float, scale: int, overlap: int, budget_bytes: int
+) -> int:
+    """0 when the largest image fits ``budget_bytes`` untiled, else the largest multiple of 64 whose windows fit.
+
+    ``activations_per_pixel``: the network's conv outputs per LR pixel (``measure.profiling.conv_statistics``).
+    """
+    per_pixel = BYTES_PER_ACTIVATION * activations_per_pixel + 4 * 3 * scale * scale * 2
     largest = max((h * w for h, w in sizes), default=0)
     if largest * per_pixel <= budget_bytes:
         return 0

@@ -18,10 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from dsclora.errors import DscloraError
-from dsclora.models.dsclora import DSCLoRAConfig
 from dsclora.models.span import SpanConfig
-
-DEFAULT_AD_LAYERS = ["block_1", "block_2", "block_3", "block_4", "block_5", "block_6", "conv_2"]
 
 
 def option(default: Any, help: str) -> Any:
@@ -32,24 +29,47 @@ def option(default: Any, help: str) -> Any:
 
 
 @dataclass
+class LoraTarget:
+    """One placement rule: which layers get a low-rank update, and its size."""
+
+    pattern: str = option("*", "module-name pattern (fnmatch, e.g. block_*.c?_r.eval_conv) of Conv2d / Linear layers")
+    rank: int = option(8, "rank of ΔW in the matched layers; 0 leaves them without an adapter")
+    alpha: float = option(16.0, "ΔW is scaled by alpha / rank")
+
+
+@dataclass
+class LoraConfig:
+    """Where ConvLoRA (convs) and LoRA (linear layers) go, for ``model.train: lora``."""
+
+    targets: list[LoraTarget] = option(
+        [],
+        "rules in order, the first match decides; [] = the base architecture's preset (SPAN: the DSCLoRA paper's "
+        "20 convs, ranks 2 in blocks and 8 in conv_2 and the upsampler)",
+    )
+    skip_head: bool = option(False, "leave the first layer the image meets (the head conv) without an adapter")
+    dropout: float = option(0.0, "dropout on the low-rank path's input (0 = one conv per layer)")
+
+
+@dataclass
 class ModelConfig:
     """What trains, from what, and the teacher that supervises it."""
 
-    arch: Literal["dsclora", "span"] = option(
-        "dsclora",
-        "dsclora: ConvLoRA student on the pre-trained SPAN `base`, only ΔW learns; "
-        "span: a SPAN, every weight trainable (from `init` or from scratch with `span`)",
+    base: str | None = option(
+        "span-tiny",
+        "the pre-trained network to improve: a registry name, checkpoint, model spec file (.yaml) or a file "
+        "spandrel detects; null = a new SPAN shaped by model.span, trained from scratch",
     )
-    base: str | None = option(None, "dsclora: the pre-trained SPAN to adapt (registry name or file)")
-    init: str | None = option(None, "span: weights to start from (registry name or file); null = from scratch")
-    teacher: str | None = option(
-        None, "weights of the frozen teacher (any supported SPAN); null = the base (dsclora) or init (span)"
+    train: Literal["lora", "full"] = option(
+        "lora", "lora: only low-rank updates learn, merged into the base at the end; full: every weight learns"
     )
-    form: Literal["train", "deploy"] = option(
-        "train", "span: Conv3XC branches (train, as SPAN trains) or plain 3x3 convs (deploy)"
+    train_form: bool = option(
+        False,
+        "train the base's re-parameterisable training form (SPAN: Conv3XC branches; more parameters while "
+        "training, collapsed exactly at the end)",
     )
-    span: SpanConfig = option(SpanConfig(), "span from scratch: its shape (channels, blocks, scale, ...)")
-    lora: DSCLoRAConfig = option(DSCLoRAConfig(), "dsclora: rank / α / dropout of the ConvLoRA updates")
+    teacher: str | None = option(None, "the frozen teacher: any network model.base accepts; null = the base")
+    lora: LoraConfig = option(LoraConfig(), "model.train lora: where the updates go and their ranks")
+    span: SpanConfig = option(SpanConfig(), "model.base null: the new SPAN's shape (channels, blocks, scale, ...)")
 
 
 @dataclass
@@ -87,7 +107,11 @@ class LossConfig:
     affinity_distance: Literal["l1", "l2"] = option(
         "l1", "l1: mean |A_s - A_t| (FAKD, O(N²·C)); l2: mean squared, by C x C Gram products (O(N·C²))"
     )
-    affinity_layers: list[str] = option(DEFAULT_AD_LAYERS, "feature maps compared: block_1..block_N, conv_2")
+    affinity_layers: list[str] = option(
+        [],
+        "feature maps compared, by module name: 'name' (the same module in student and teacher) or "
+        "'student_name:teacher_name'; [] = the base architecture's default (SPAN: every block and conv_2)",
+    )
     affinity_chunk: int = option(1024, "rows of the N x N affinity per block (l1): bounds its memory")
 
 
@@ -252,14 +276,22 @@ def load_config(
 def validate(config: TrainConfig) -> None:
     """Checks that need more than a type: ranges, files that must exist, consistent choices."""
     m, d, r, o, loss = config.model, config.data, config.run, config.optim, config.loss
-    if m.arch == "dsclora" and not m.base:
-        raise DscloraError("config key model.base: a dsclora student needs the pre-trained SPAN to adapt")
+    if m.base is None and m.train == "lora":
+        raise DscloraError("config key model.train: low-rank updates need a pre-trained model.base; use full")
+    if m.train_form and m.train == "lora":
+        raise DscloraError(
+            "config key model.train_form: the base's training form and low-rank updates do not combine "
+            "(updates go on the deploy form's layers); use model.train=full with it"
+        )
+    for i, target in enumerate(m.lora.targets):
+        if target.rank < 0:
+            raise DscloraError(f"config key model.lora.targets[{i}].rank: must be >= 0, got {target.rank}")
+    if not 0 <= m.lora.dropout < 1:
+        raise DscloraError(f"config key model.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
     positive = {
         "data.patch": d.patch,
         "data.batch": d.batch,
         "run.steps": r.steps,
-        "model.lora.block_rank": m.lora.block_rank,
-        "model.lora.tail_rank": m.lora.tail_rank,
         "loss.affinity_chunk": loss.affinity_chunk,
         "run.log_every": r.log_every,
         "run.checkpoint_every": r.checkpoint_every,
@@ -289,7 +321,7 @@ def validate(config: TrainConfig) -> None:
     if loss.teacher_ensemble not in (1, 8):
         raise DscloraError(f"config key loss.teacher_ensemble: must be 1 or 8, got {loss.teacher_ensemble}")
     needs_teacher = loss.teacher > 0 or loss.affinity > 0
-    if needs_teacher and m.arch == "span" and not (m.teacher or m.init):
+    if needs_teacher and m.base is None and not m.teacher:
         raise DscloraError("config key model.teacher: a SPAN trained from scratch has no teacher unless one is named")
     if o.lr <= 0:
         raise DscloraError(f"config key optim.lr: must be > 0, got {o.lr}")
@@ -314,7 +346,9 @@ def describe(config: TrainConfig) -> str:
                 lines.append(f"{pad}{f.name}:{'  # ' + note if note else ''}")
                 walk(value, indent + 1)
             else:
-                text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+                if isinstance(value, list | tuple):  # lists of rules (dataclasses) print as YAML mappings
+                    value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+                text = yaml.safe_dump(value, default_flow_style=True, width=1000, sort_keys=False)
                 text = text.strip().removesuffix("...").strip()
                 lines.append(f"{pad}{f.name}: {text}{'  # ' + note if note else ''}")
 

@@ -9,6 +9,7 @@ score), written atomically every ``run.checkpoint_every`` steps; data order is a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -29,31 +30,20 @@ from dsclora.errors import DscloraError
 from dsclora.fs import atomic_write
 from dsclora.measure.evaluate import evaluate_dataset
 from dsclora.measure.profiling import peak_memory
+from dsclora.models.checks import checked_merge
+from dsclora.models.descriptor import ModelDescriptor
 from dsclora.models.ensemble import SelfEnsemble
-from dsclora.models.forms import convert
-from dsclora.models.span import SPAN
 from dsclora.train.config import TrainConfig
 from dsclora.train.distributed import DistInfo, all_finite, barrier, init_distributed, shutdown
 from dsclora.train.ema import EMA
 from dsclora.train.logger import Logger
-from dsclora.train.losses import Objective
-from dsclora.train.networks import Teacher, build_student, build_teacher
+from dsclora.train.losses import FeatureTap, Objective, layer_pairs
+from dsclora.train.networks import build_student, build_teacher
 from dsclora.train.schedule import lr_factor, make_optimizer
 from dsclora.train.teacher import TeacherTargets
-from dsclora.weights.checkpoints import ModelSpec, read_train_state, save_model, spec_of, write_train_state
+from dsclora.weights.checkpoints import read_train_state, write_train_state
 
 Batch = dict[str, torch.Tensor]
-
-
-class _WithFeatures(nn.Module):
-    """Routes ``forward`` to ``forward_features`` so DDP's gradient hooks see the feature path too."""
-
-    def __init__(self, model: SPAN) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.model.forward_features(x)
 
 
 class Trainer:
@@ -71,15 +61,20 @@ class Trainer:
         self._check_precision()
         self.out = Path(config.run.output)
         torch.manual_seed(config.run.seed)
-        self.student = build_student(config.model, self.device)
-        self.scale = self.student.config.scale
-        self.spec: ModelSpec = spec_of(self.student)
+        built = build_student(config.model, self.device, config.run.seed)
+        self.described: ModelDescriptor = built.descriptor  # the student with its architecture's facts
+        self.student = built.descriptor.module
+        self.model_info = built.info  # what rebuilds the student from a training state
+        self.scale = built.descriptor.scale
         loss = config.loss
-        self.teacher: Teacher | None = None
+        self.teacher: ModelDescriptor | None = None
         if loss.teacher > 0 or loss.affinity > 0:
             self.teacher = build_teacher(config.model, self.scale, self.device)
         self.cached_targets = loss.teacher > 0 and loss.teacher_targets == "cached"
-        self.objective = Objective(loss, self.student.config.blocks)
+        pairs = layer_pairs(loss.affinity_layers, self.described.hooks.feature_layers) if loss.affinity > 0 else []
+        self.objective = Objective(loss, pairs)
+        self.student_tap = FeatureTap(self.student, [s for s, _ in pairs], "student") if pairs else None
+        self.teacher_tap = FeatureTap(self.teacher.module, [t for _, t in pairs], "teacher") if pairs else None
         self.trainable = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config.optim, self.trainable)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -98,7 +93,7 @@ class Trainer:
             raise DscloraError(
                 f"run.output {self.out} already holds a run: add --resume to continue it, or choose another run.output"
             )
-        self.net: nn.Module = _WithFeatures(self.student)
+        self.net: nn.Module = self.described.runnable(self.student)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.net, device_ids=ids)
@@ -121,7 +116,7 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "config": self.config.to_dict(),
-            "model_spec": self.spec.to_dict(),
+            "model_info": self.model_info,
             "model": self.student.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
@@ -160,23 +155,26 @@ class Trainer:
     # -------------------------------------------------------------------------------- losses
 
     @torch.no_grad()
-    def _teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+    def _teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
         """(teacher SR, teacher features) as far as the objective needs them."""
         c = self.config.loss
         lr = batch["lr"]
+        teacher = self.teacher.runnable()
         teacher_sr = batch.get("target") if self.cached_targets else None
         features = None
-        if c.affinity > 0:  # features of a single pass, even under an ensemble (an ensemble has no one map)
-            single_sr, features = self.teacher.model.forward_features(lr)
+        if self.teacher_tap is not None:  # features of a single pass, even under an ensemble (it has no one map)
+            single_sr = teacher(lr)
+            features = self.teacher_tap.take()
             if c.teacher > 0 and teacher_sr is None and c.teacher_ensemble == 1:
                 teacher_sr = single_sr
         if c.teacher > 0 and teacher_sr is None:
-            teacher_sr = SelfEnsemble(self.teacher.model, c.teacher_ensemble)(lr)
+            teacher_sr = SelfEnsemble(teacher, c.teacher_ensemble)(lr)
         return teacher_sr, features
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every loss term of one batch (``lr``, and ``hr`` / ``target`` as the recipe needs)."""
-        sr, features = self.net(batch["lr"])
+        sr = self.net(batch["lr"])
+        features = self.student_tap.take() if self.student_tap is not None else None
         teacher_sr, teacher_features = self._teacher_outputs(batch) if self.teacher else (None, None)
         return self.objective(sr, features, batch.get("hr"), teacher_sr, teacher_features)
 
@@ -198,7 +196,7 @@ class Trainer:
         )
         if self.cached_targets:
             targets = TeacherTargets(
-                self.teacher.model, self.teacher.weights_sha256, c.loss.teacher_ensemble, self.scale
+                self.teacher.runnable(), self.teacher.identity, c.loss.teacher_ensemble, self.scale
             )
             lr_images = [dataset.lr_image(i) for i in range(len(images))]
             # one process computes what is missing (with a progress bar), the others then read it
@@ -267,20 +265,24 @@ class Trainer:
         self.step += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def averaged_model(self) -> SPAN:
+    def averaged_model(self) -> nn.Module:
         """The training-form network validation and export use: EMA weights when EMA is on."""
         if self.ema is None:
             return self.student
-        averaged = self.spec.build().to(self.device)
+        averaged = copy.deepcopy(self.student)
         averaged.load_state_dict(self.ema.state_dict())
         return averaged
+
+    def merged_model(self) -> tuple[nn.Module, float]:
+        """The averaged network merged into its base architecture, checked against its training form."""
+        return checked_merge(self.averaged_model(), self.described.runnable)
 
     def validate(self) -> dict | None:
         c = self.config.data
         if not c.val:
             return None
-        model, _ = convert(self.averaged_model(), "deploy")
-        model.eval()
+        merged, _ = self.merged_model()
+        model = self.described.runnable(merged.eval())
         results = [
             evaluate_dataset(model, root, self.scale, self.device, progress=False, limit=c.val_max_images or None)
             for root in c.val
@@ -307,7 +309,7 @@ class Trainer:
             if main and not self.quiet:
                 trainable = sum(p.numel() for p in self.trainable)
                 tqdm.write(
-                    f"{c.name}: {self.spec.arch} x{self.scale}, {trainable:,} trainable parameters, "
+                    f"{c.name}: {self.described.arch} x{self.scale}, {trainable:,} trainable parameters, "
                     f"{c.run.steps} steps of batch {c.data.batch} on {self.device} x{self.dist.world}"
                     + (f", resuming at step {self.step}" if self.step else "")
                 )
@@ -377,8 +379,8 @@ class Trainer:
         return result
 
     def _export(self) -> dict:
-        """Merge to a plain SPAN (checked against the training form) and write ``final.safetensors``."""
-        deployed, diff = convert(self.averaged_model(), "deploy")
-        path = self.out / "final.safetensors"
-        save_model(deployed, path)
-        return {"final_model": str(path), "merge_max_abs_diff": diff}
+        """Merge into the base architecture (checked against the training form) and write ``final<suffix>`` in
+        the base's own format (SPAN: our safetensors; other networks: a state dict and a spec file beside it)."""
+        merged, diff = self.merged_model()
+        files = self.described.saver(merged, self.out / f"final{self.described.suffix}")
+        return {"final_model": str(files[0]), "files": [str(f) for f in files], "merge_max_abs_diff": diff}

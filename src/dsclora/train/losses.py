@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dsclora.errors import DscloraError
 from dsclora.train.config import LossConfig
@@ -125,33 +126,64 @@ def spatial_affinity_loss(
     return total / (batch * n * n)
 
 
-def affinity_indices(layers: list[str], blocks: int) -> list[int]:
-    """Positions in ``SPAN.forward_features``'s list: block_i -> i - 1, conv_2 -> last."""
-    index = {f"block_{i}": i - 1 for i in range(1, blocks + 1)} | {"conv_2": blocks}
-    unknown = [name for name in layers if name not in index]
-    if unknown:
-        raise DscloraError(f"config key loss.affinity_layers: unknown layer {unknown[0]} (use {', '.join(index)})")
-    return [index[name] for name in layers]
+def layer_pairs(layers: list[str], default: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``loss.affinity_layers`` as (student module, teacher module) names; ``[]`` takes the architecture's
+    ``default``. An entry is ``name`` (the same module in both) or ``student_name:teacher_name``."""
+    entries = layers or list(default)
+    if not entries:
+        raise DscloraError(
+            "config key loss.affinity_layers: this architecture has no default feature maps; name them "
+            "(module names, or student_name:teacher_name)"
+        )
+    return [tuple(e.split(":", 1)) if ":" in e else (e, e) for e in entries]
+
+
+class FeatureTap:
+    """Keeps the outputs of named modules during a forward (a tuple output counts by its first tensor), so any
+    network can be distilled from without a feature-returning forward of its own."""
+
+    def __init__(self, model: nn.Module, names: list[str], what: str) -> None:
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise DscloraError(f"config key loss.affinity_layers: the {what} has no module {missing[0]!r}")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._hooks = [modules[n].register_forward_hook(self._keeper(n)) for n in dict.fromkeys(names)]
+
+    def _keeper(self, name: str):
+        def keep(_module: nn.Module, _inputs: tuple, output) -> None:
+            self.outputs[name] = output[0] if isinstance(output, tuple | list) else output
+
+        return keep
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The outputs of the last forward (and forget them)."""
+        outputs, self.outputs = self.outputs, {}
+        return outputs
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
 
 class Objective:
-    """L = λ1·d(SR, HR) + λ2·d(SR, teacher SR) + λ3·Σ L_AD over the chosen feature maps; usable on its own.
+    """L = λ1·d(SR, HR) + λ2·d(SR, teacher SR) + λ3·Σ L_AD over the chosen feature-map pairs; usable on its own.
 
     Terms whose weight is 0 are not computed (nor need their inputs). Returns every computed term and
     ``loss``, the weighted sum.
     """
 
-    def __init__(self, config: LossConfig, blocks: int) -> None:
+    def __init__(self, config: LossConfig, pairs: list[tuple[str, str]] | None = None) -> None:
         self.config = config
-        self.layers = affinity_indices(config.affinity_layers, blocks) if config.affinity > 0 else []
+        self.pairs = pairs or []
 
     def __call__(
         self,
         sr: torch.Tensor,
-        features: list[torch.Tensor] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
         hr: torch.Tensor | None = None,
         teacher_sr: torch.Tensor | None = None,
-        teacher_features: list[torch.Tensor] | None = None,
+        teacher_features: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         c = self.config
         terms: dict[str, torch.Tensor] = {}
@@ -164,8 +196,8 @@ class Objective:
             total = total + c.teacher * terms["ts"]
         if c.affinity > 0:
             terms["ad"] = sum(
-                spatial_affinity_loss(features[i], teacher_features[i], c.affinity_chunk, c.affinity_distance)
-                for i in self.layers
+                spatial_affinity_loss(features[s], teacher_features[t], c.affinity_chunk, c.affinity_distance)
+                for s, t in self.pairs
             )
             total = total + c.affinity * terms["ad"]
         terms["loss"] = total

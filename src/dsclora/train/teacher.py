@@ -6,8 +6,8 @@ training image; its SR output is stored and then cropped with exactly the geomet
 what a plain ConvLoRA step costs), and the target has no patch-border effects: SPAN's receptive radius is 21 LR
 pixels, so a teacher run on a 48x48 patch is wrong near the patch's edges.
 
-Cache layout: ``<cache>/teacher/<key>/<image>.npz`` where ``key`` hashes the teacher weights' sha256, the
-ensemble size and the scale, and ``image`` hashes the LR pixels (so renaming or moving files costs nothing, and
+Cache layout: ``<cache>/teacher/<key>/<image>.npz`` where ``key`` hashes the teacher's identity (its weights and
+code: ``ModelDescriptor.identity``), the ensemble size and the scale, and ``image`` hashes the LR pixels (so renaming or moving files costs nothing, and
 a changed image or teacher can never be served a stale target). Each entry holds the SR as float16 (H·s, W·s, 3)
 (within 2.5e-4 of fp32 on [0, 1], ~0.06 grey levels) and the sha256 of those bytes; an entry that fails to
 load or to match its digest is rebuilt, never used. Entries are written atomically one by one, so an
@@ -29,12 +29,12 @@ from dsclora.data.images import to_array, to_tensor
 from dsclora.fs import atomic_write, user_cache_dir
 from dsclora.models.ensemble import SelfEnsemble
 
-FORMAT = "teacher-targets/1"
+FORMAT = "teacher-targets/2"
 
 
-def cache_key(weights_sha256: str, ensemble: int, scale: int) -> str:
-    """The folder name of one teacher's targets: changes with its weights, ensemble size or scale."""
-    return hashlib.sha256(f"{FORMAT}|{weights_sha256}|x{ensemble}|s{scale}".encode()).hexdigest()[:24]
+def cache_key(identity: str, ensemble: int, scale: int) -> str:
+    """The folder name of one teacher's targets: changes with its weights or code, ensemble size or scale."""
+    return hashlib.sha256(f"{FORMAT}|{identity}|x{ensemble}|s{scale}".encode()).hexdigest()[:24]
 
 
 def image_key(lr: np.ndarray) -> str:
@@ -45,14 +45,13 @@ def image_key(lr: np.ndarray) -> str:
 
 
 class TeacherTargets:
-    """The cached SR outputs of one teacher (with its self-ensemble) at one scale."""
+    """The cached SR outputs of one teacher (with its self-ensemble) at one scale; ``teacher`` maps [0, 1] images
+    to [0, 1] images (a descriptor's ``runnable()``) and ``identity`` is what its outputs depend on."""
 
-    def __init__(
-        self, teacher: nn.Module, weights_sha256: str, ensemble: int, scale: int, root: Path | None = None
-    ) -> None:
+    def __init__(self, teacher: nn.Module, identity: str, ensemble: int, scale: int, root: Path | None = None) -> None:
         self.model = SelfEnsemble(teacher, ensemble).eval()
         self.scale = scale
-        self.folder = (root or user_cache_dir("teacher")) / cache_key(weights_sha256, ensemble, scale)
+        self.folder = (root or user_cache_dir("teacher")) / cache_key(identity, ensemble, scale)
 
     def path(self, lr: np.ndarray) -> Path:
         return self.folder / f"{image_key(lr)}.npz"

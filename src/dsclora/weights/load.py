@@ -1,45 +1,32 @@
-"""The one way from a ``--weights`` value to a ready model: a descriptor with everything callers need.
+"""The one way from a ``--weights`` value to a ready model: a ``ModelDescriptor`` with everything callers need.
 
-Names and files resolve through ``registry``; ``default`` (or no value) is the embedded model; ``bicubic`` is
-MATLAB bicubic as a pseudo-model and needs a scale. Networks come back in deploy form (same function, plain
-convs: the fast form), in eval mode, on the asked device.
+A value is ``default`` (or nothing: the embedded model), a registry name, a checkpoint file, a model spec file
+(``.yaml``: any network as its own Python file plus weights), or ``bicubic`` (MATLAB bicubic as a pseudo-model;
+it needs a scale). Checkpoints are tried against the sources in order: our SPAN loader, then spandrel where it
+is installed; a training state (``latest.pt`` / ``best.pt``) rebuilds its student from what it recorded. Networks
+come back merged (adapters folded, SPAN in its one-conv deploy form), in eval mode, on the asked device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from dsclora.errors import DscloraError
+from dsclora.fs import sha256_file
+from dsclora.models.adapters import inject, rules_from_config
 from dsclora.models.bicubic import BICUBIC_RADIUS, Bicubic
-from dsclora.models.forms import to_deploy
-from dsclora.models.span import SPAN
-from dsclora.weights.checkpoints import ModelSpec, load_model
+from dsclora.models.checks import checked_merge
+from dsclora.models.descriptor import ModelDescriptor
+from dsclora.weights.checkpoints import StateDict, read_checkpoint
 from dsclora.weights.registry import DEFAULT, resolve
+from dsclora.weights.sources import span, spandrel, specfile
 
 BICUBIC = "bicubic"
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready to run, with what tiling, evaluation and export need to know about it."""
-
-    module: nn.Module  # a deploy-form SPAN, or Bicubic
-    scale: int
-    receptive_radius: int  # LR pixels each side that reach an output pixel: the exact tile overlap
-    label: str  # as the user named it
-    spec: ModelSpec | None = None  # None for bicubic
-    path: Path | None = None
-
-    @property
-    def span(self) -> SPAN:
-        """The network (``load(..., network=True)`` refuses bicubic before this is ever asked for)."""
-        if not isinstance(self.module, SPAN):
-            raise DscloraError(f"--weights {self.label}: this command needs a network, not bicubic")
-        return self.module
+REBUILDERS = {"span": span.rebuild, specfile.KIND: specfile.rebuild, spandrel.KIND: spandrel.rebuild}
 
 
 def network_file(weights: str | None) -> Path:
@@ -50,22 +37,96 @@ def network_file(weights: str | None) -> Path:
     return resolve(weights or DEFAULT)
 
 
+def rebuild(source: Mapping, label: str) -> ModelDescriptor:
+    """A descriptor of the architecture ``source`` records (``ModelDescriptor.source``), with whatever weights
+    that source starts from; the caller loads its own."""
+    kind = source.get("kind") if isinstance(source, Mapping) else None
+    if kind not in REBUILDERS:
+        raise DscloraError(f"{label}: records a network of unknown kind {kind!r}")
+    return REBUILDERS[kind](source, label)
+
+
+def student_of(info: Mapping, label: str) -> ModelDescriptor:
+    """The trainable network a training state records: its base architecture, in training form if it trained
+    that way, with its adapters (weights not loaded)."""
+    base = rebuild(info["source"], label)
+    module = base.module
+    if info.get("train_form"):
+        if base.hooks.train_form is None:
+            raise DscloraError(f"{label}: records a training form its architecture does not have")
+        module = base.hooks.train_form(module)
+    if info.get("adapters"):
+        inject(module, rules_from_config(info["adapters"]))
+    return base.with_module(module)
+
+
+def _from_train_state(state: StateDict, info: Mapping, label: str) -> ModelDescriptor:
+    student = student_of(info, label)
+    try:
+        student.module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise DscloraError(
+            f"{label}: its weights do not fit the network it records ({str(exc).splitlines()[0]})"
+        ) from None
+    return student
+
+
+def _from_checkpoint(path: Path, label: str, prefer_ema: bool) -> ModelDescriptor:
+    """The network a checkpoint holds, as stored (adapters and training forms not yet merged)."""
+    state, embedded = read_checkpoint(path, prefer_ema)
+    digest = sha256_file(path)
+    if embedded is not None and "train_state" in embedded:
+        found = _from_train_state(state, embedded["train_state"], label)
+        found.identity = hashlib.sha256(f"trained|{found.identity}|{digest}|{prefer_ema}".encode()).hexdigest()
+        found.path = path
+        return found
+    model = span.build(state, embedded, str(path))
+    if model is not None:
+        return span.descriptor(model, label, path, digest)
+    found = spandrel.describe(state, label, path, digest)
+    if found is None:
+        installed = spandrel.import_spandrel() is not None
+        others = "" if installed else f"; {spandrel.HINT}"
+        raise DscloraError(
+            f"{path}: not a SPAN checkpoint{' and not an architecture spandrel knows' if installed else ''}: give other "
+            f"networks as a model spec file (their Python file, class and weights; see `dsclora upscale --help`){others}"
+        )
+    return found
+
+
 def load(
-    weights: str | None, device: torch.device | str = "cpu", scale: int | None = None, network: bool = False
-) -> LoadedModel:
+    weights: str | None,
+    device: torch.device | str = "cpu",
+    scale: int | None = None,
+    network: bool = False,
+    prefer_ema: bool = True,
+    merged: bool = True,
+) -> ModelDescriptor:
     """Resolve and load ``weights`` (``None``: the embedded default); ``scale`` must match the model's if given.
 
-    ``network=True`` is for commands that need a real network (profile, export): bicubic is refused.
+    ``network=True`` is for commands that need a real network (profile, export, train): bicubic is refused.
+    ``prefer_ema``: a training state's EMA weights (else its raw weights). ``merged=False`` keeps adapters and
+    training forms as stored (``convert`` and ``merge`` check the merge themselves).
     """
     label = weights or DEFAULT
     if label == BICUBIC and not network:
         if scale is None:
             raise DscloraError("--weights bicubic needs --scale")
-        return LoadedModel(Bicubic(scale).to(device), scale, BICUBIC_RADIUS, label)
+        source = {"kind": BICUBIC, "scale": scale}
+        return ModelDescriptor(
+            Bicubic(scale).to(device), BICUBIC, scale, label, source, BICUBIC, receptive_radius=BICUBIC_RADIUS
+        )
     path = network_file(label)
-    model, spec = load_model(path, device)
-    if spec.arch != "span" or spec.form != "deploy":
-        model = to_deploy(model).eval()
-    if scale is not None and scale != spec.span.scale:
-        raise DscloraError(f"--weights {label} is a x{spec.span.scale} model, but --scale {scale} was asked for")
-    return LoadedModel(model, spec.span.scale, spec.span.receptive_radius, label, spec, path)
+    if specfile.is_spec_file(path):
+        found = specfile.load_spec(specfile.read_spec(path), label)
+    else:
+        found = _from_checkpoint(path, label, prefer_ema)
+    for name, tensor in found.module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DscloraError(f"{path}: tensor {name} holds NaN or inf")
+    if scale is not None and scale != found.scale:
+        raise DscloraError(f"--weights {label} is a x{found.scale} model, but --scale {scale} was asked for")
+    if merged:
+        found.module = checked_merge(found.module, found.runnable)[0]
+    found.module = found.module.to(device).eval()
+    return found

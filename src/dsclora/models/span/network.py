@@ -2,7 +2,8 @@
 
 Facts this file follows (``docs/method.md`` §1, checked against the official checkpoints):
 - input in [0, 1] is shifted by the DIV2K RGB mean and scaled by 255 inside; the output is neither
-  de-normalised nor clamped;
+  de-normalised nor clamped. ``norm=False`` (spandrel / traiNNer-redux ``SPAN(norm=False)``, saved with a
+  ``no_norm`` tensor) skips both: the network then sees the [0, 1] input as it is;
 - each SPAB returns ``silu(c1(x))`` as well as its output: the official block applies SiLU in place, so the
   tensor that ``conv_cat`` receives from the last block has already been through SiLU;
 - ``conv_cat`` joins [conv_1 out, conv_2 out, block 1 out, last block's silu(c1)], then a 3x3 conv and
@@ -11,15 +12,21 @@ Facts this file follows (``docs/method.md`` §1, checked against the official ch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsclora.models.conv3xc import Conv3XC
+from dsclora.models.span.conv3xc import Conv3XC
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+MAX_SIZE = {"channels": 1024, "blocks": 64, "in_channels": 4, "out_channels": 4}
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -35,27 +42,40 @@ class SpanConfig:
     rgb_mean: tuple[float, ...] = field(
         default=DIV2K_RGB_MEAN, metadata={"help": "mean subtracted from the [0, 1] input (DIV2K's RGB mean)"}
     )
+    norm: bool = field(
+        default=True, metadata={"help": "shift by rgb_mean and scale by img_range inside (False: no_norm)"}
+    )
 
     def __post_init__(self) -> None:
-        if self.channels < 1 or self.blocks < 1 or self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError(f"SpanConfig needs positive sizes, got {self}")
-        if not 1 <= self.scale <= 8:
-            raise ValueError(f"SpanConfig.scale must be in 1..8, got {self.scale}")
-        if len(self.rgb_mean) != self.in_channels:
+        sizes = {"channels": self.channels, "blocks": self.blocks, "in_channels": self.in_channels}
+        sizes["out_channels"] = self.out_channels
+        for name, value in sizes.items():  # bounds keep a hostile config from allocating gigabytes
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE[name]:
+                raise ValueError(f"SpanConfig.{name} must be a whole number in 1..{MAX_SIZE[name]}, got {value!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 1 <= self.scale <= 8:
+            raise ValueError(f"SpanConfig.scale must be a whole number in 1..8, got {self.scale!r}")
+        if not _finite_number(self.img_range) or self.img_range <= 0:
+            raise ValueError(f"SpanConfig.img_range must be a positive number, got {self.img_range!r}")
+        if not isinstance(self.norm, bool):
+            raise ValueError(f"SpanConfig.norm must be true or false, got {self.norm!r}")
+        mean = self.rgb_mean
+        if not isinstance(mean, list | tuple) or not all(_finite_number(m) for m in mean):
+            raise ValueError(f"SpanConfig.rgb_mean must be a list of numbers, got {mean!r}")
+        if len(mean) != self.in_channels:
             # A mean per input channel; the DIV2K default only makes sense for RGB.
             mean = DIV2K_RGB_MEAN if self.in_channels == 3 else (0.5,) * self.in_channels
-            object.__setattr__(self, "rgb_mean", tuple(mean))
-        object.__setattr__(self, "rgb_mean", tuple(float(m) for m in self.rgb_mean))
+        object.__setattr__(self, "img_range", float(self.img_range))
+        object.__setattr__(self, "rgb_mean", tuple(float(m) for m in mean))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> SpanConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "rgb_mean" in known:
-            known["rgb_mean"] = tuple(known["rgb_mean"])
-        return cls(**known)
+        """Only known keys are read; every value is type- and range-checked (``ValueError`` otherwise)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a SPAN config must be a mapping, got {type(data).__name__}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     @property
     def receptive_radius(self) -> int:
@@ -82,18 +102,15 @@ class SPAB(nn.Module):
 
 
 class SPAN(nn.Module):
-    """SPAN in training form (Conv3XC branches) or deploy form (one 3x3 conv each, ``eval_conv``).
-
-    ``forward_features`` also returns the feature maps that spatial-affinity distillation compares:
-    every block output (in order) and the output of ``conv_2``.
-    """
+    """SPAN in training form (Conv3XC branches) or deploy form (one 3x3 conv each, ``eval_conv``)."""
 
     def __init__(self, config: SpanConfig | None = None, deploy: bool = False) -> None:
         super().__init__()
         self.config = config = config or SpanConfig()
-        self.deploy = deploy
         c = config.channels
         self.register_buffer("mean", torch.tensor(config.rgb_mean).view(1, -1, 1, 1), persistent=False)
+        if not config.norm:  # the marker spandrel and traiNNer-redux save for SPAN(norm=False)
+            self.register_buffer("no_norm", torch.zeros(1))
         self.conv_1 = Conv3XC(config.in_channels, c, gain=2, deploy=deploy)
         for i in range(1, config.blocks + 1):
             self.add_module(f"block_{i}", SPAB(c, deploy=deploy))
@@ -105,22 +122,25 @@ class SPAN(nn.Module):
         )
 
     @property
+    def deploy(self) -> bool:
+        """Whether every Conv3XC is in its one-conv form (the released checkpoints' layout)."""
+        return all(m.deploy for m in self.modules() if isinstance(m, Conv3XC))
+
+    @property
     def blocks(self) -> list[SPAB]:
         return [getattr(self, f"block_{i}") for i in range(1, self.config.blocks + 1)]
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Super-resolve ``x`` and return ``(sr, [block_1 out, ..., block_N out, conv_2 out])``."""
-        x = (x - self.mean.to(x.dtype)) * self.config.img_range
-        head = self.conv_1(x)
-        features: list[torch.Tensor] = []
-        out, first_act = head, head
-        for block in self.blocks:
-            out, first_act = block(out)
-            features.append(out)
-        tail = self.conv_2(out)
-        features.append(tail)
-        joined = self.conv_cat(torch.cat([head, tail, features[0], first_act], dim=1))
-        return self.upsampler(joined), features
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """What the first conv sees: ``(x - mean) · img_range``, or ``x`` itself for ``norm=False``."""
+        return (x - self.mean.to(x.dtype)) * self.config.img_range if self.config.norm else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
+        head = self.conv_1(self.normalise(x))
+        out, first_act = head, head
+        first_block = None
+        for block in self.blocks:
+            out, first_act = block(out)
+            first_block = out if first_block is None else first_block
+        tail = self.conv_2(out)
+        joined = self.conv_cat(torch.cat([head, tail, first_block, first_act], dim=1))
+        return self.upsampler(joined)

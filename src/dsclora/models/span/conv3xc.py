@@ -64,7 +64,7 @@ class Conv3XC(nn.Module):
 
     @torch.no_grad()
     def fused(self) -> Conv3XC:
-        """A deploy-form copy whose ``eval_conv`` holds the collapsed kernel (the ``forms.reparameterize`` hook)."""
+        """A deploy-form copy whose ``eval_conv`` holds the collapsed kernel (what ``adapters.merge`` puts in its place)."""
         weight, bias = self.fused_weight_and_bias()
         deployed = Conv3XC(self.in_channels, self.out_channels, self.gain, deploy=True)
         deployed = deployed.to(device=weight.device, dtype=weight.dtype)

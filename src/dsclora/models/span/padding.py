@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from dsclora.models.span import SPAN, SpanConfig
+from dsclora.models.span.network import SPAN, SpanConfig
 
 
 def _padded(weight: torch.Tensor, out_index: torch.Tensor, in_index: torch.Tensor, shape: tuple) -> torch.Tensor:

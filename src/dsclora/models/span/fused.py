@@ -22,8 +22,8 @@ import copy
 import torch
 from torch import nn
 
-from dsclora.models.forms import to_deploy
-from dsclora.models.span import SPAN
+from dsclora.models.span.forms import to_deploy
+from dsclora.models.span.network import SPAN
 
 
 def _conv(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
@@ -65,7 +65,8 @@ class FusedSPAN(nn.Module):
         return cls(to_deploy(span)).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean.to(x.dtype)) * self.config.img_range
+        if self.config.norm:
+            x = (x - self.mean.to(x.dtype)) * self.config.img_range
         out = act = self.conv_1(x)
         joined = self.head_proj(x)
         for i, block in enumerate(self.blocks):
