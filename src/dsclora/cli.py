@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from dsclora.errors import DscloraError
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not os.environ.get("DSCLORA_DEBUG"):  # other libraries' and user networks' deprecation chatter
+        warnings.filterwarnings("ignore", module=r"^(?!dsclora)")
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
