@@ -12,7 +12,7 @@ from dsclora import SPAN, LoRAConv2d, SpanConfig, inject
 from dsclora.measure.profiling import conv_statistics, count_parameters
 from dsclora.models.adapters import adapter_parameters, mark_only_adapters_trainable
 from dsclora.models.ensemble import SelfEnsemble
-from dsclora.models.span import FusedSPAN, paper_rules, to_deploy
+from dsclora.models.span import FusedSPAN, paper_rules, to_deploy, to_train_form
 from dsclora.models.span.conv3xc import Conv3XC
 
 
@@ -190,3 +190,21 @@ def test_self_ensemble_is_the_mean_of_eight_hand_transformed_passes() -> None:
         assert torch.equal(SelfEnsemble(model, 1)(x), model(x))
     with pytest.raises(ValueError, match="1 or 8"):
         SelfEnsemble(model, 4)
+
+
+def test_trainable_training_form_is_the_same_function_with_every_factor_learning() -> None:
+    base = realistic(SPAN(SpanConfig(channels=10, blocks=2, scale=2))).eval()
+    deployed = to_deploy(base)
+    exact, trainable = to_train_form(deployed), to_train_form(deployed, trainable=True)
+    assert torch.equal(to_deploy(exact).conv_2.eval_conv.weight, deployed.conv_2.eval_conv.weight)  # bit for bit
+    x = torch.rand(1, 3, 14, 12)
+    with torch.no_grad():
+        want = deployed(x)
+        assert (trainable(x) - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+    branches = trainable.block_1.c2_r.conv
+    w1, w3 = branches[0].weight[:, :, 0, 0], branches[2].weight[:, :, 0, 0]
+    assert torch.allclose(w1.T @ w1, torch.eye(10), atol=1e-5) and torch.allclose(w3 @ w3.T, torch.eye(10), atol=1e-5)
+    trainable(x).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainable.named_parameters() if "conv." in n)
+    exact(x).square().mean().backward()  # the exact form's zero blocks are a saddle: no gradient reaches them
+    assert exact.block_1.c2_r.conv[1].weight.grad[10:, 10:].abs().sum() == 0

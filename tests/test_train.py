@@ -142,6 +142,25 @@ def test_a_wider_teacher_supervises_through_cached_targets_in_bf16(tmp_path: Pat
     assert merged.config.channels == 26 and sum(p.numel() for p in merged.parameters()) == 130_828
 
 
+def test_several_teachers_are_averaged_in_their_cached_targets(tmp_path: Path, photo_folders) -> None:
+    wide = SPAN(SpanConfig(channels=10, blocks=1), deploy=True).eval()
+    with torch.no_grad():
+        for p in wide.parameters():
+            p.mul_(0.5)
+    save(wide, tmp_path / "wide.safetensors")
+    teachers = f"model.teacher=[default, {tmp_path / 'wide.safetensors'}]"
+    extra = [teachers, "loss.teacher_ensemble=1", "run.steps=2"]
+    trainer = Trainer(load_config(TINY_ENS, ens_overrides(photo_folders, tmp_path / "two", *extra)), quiet=True)
+    dataset = trainer._dataset()
+    x = to_tensor(dataset.lr_image(1))
+    with torch.no_grad():
+        expected = ((load(None).module(x) + wide(x)) / 2)[0].permute(1, 2, 0).numpy()
+    bound = 2 * 2.0**-11 * max(1.0, np.abs(expected).max())  # two fp16 roundings (each teacher's, the mean's)
+    assert np.abs(dataset.targets[1].astype(np.float32) - expected).max() <= bound
+    argv = ["train", str(TINY_ENS), *ens_overrides(photo_folders, tmp_path / "bad", teachers, "loss.affinity=1")]
+    assert main(argv) == 2
+
+
 def test_span_recipe_trains_all_weights(tmp_path: Path, photo_folders) -> None:
     config = load_config(TINY_SPAN, overrides(photo_folders, tmp_path / "span", "run.steps=20"))
     trainer = Trainer(config, quiet=True)

@@ -39,7 +39,8 @@ class ArchHooks:
 
     - ``fast_form(module)``: the same function regrouped for inference (e.g. SPAN's FusedSPAN);
     - ``pad_channels(module, multiple)``: the same function with its feature width rounded up (exact);
-    - ``train_form(module)``: a re-parameterisable training form that collapses to the same network;
+    - ``train_form(module, trainable=False)``: a re-parameterisable training form that collapses to the same
+      network (bit for bit; ``trainable``: initialised so that every extra parameter learns);
     - ``ntire_module(module, class_name)``: a self-contained module file for the NTIRE kit defining
       ``class_name`` (buildable without arguments), and the state dict that class loads strictly;
     - ``adapter_rules()``: the architecture's default ConvLoRA placement;
@@ -50,7 +51,7 @@ class ArchHooks:
 
     fast_form: Callable[[nn.Module], nn.Module] | None = None
     pad_channels: Callable[[nn.Module, int], nn.Module] | None = None
-    train_form: Callable[[nn.Module], nn.Module] | None = None
+    train_form: Callable[..., nn.Module] | None = None
     ntire_module: Callable[[nn.Module, str], tuple[str, dict[str, torch.Tensor]]] | None = None
     adapter_rules: Callable[[], list[Rule]] | None = None
     feature_layers: tuple[str, ...] = ()

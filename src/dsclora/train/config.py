@@ -67,7 +67,9 @@ class ModelConfig:
         "train the base's re-parameterisable training form (SPAN: Conv3XC branches; more parameters while "
         "training, collapsed exactly at the end)",
     )
-    teacher: str | None = option(None, "the frozen teacher: any network model.base accepts; null = the base")
+    teacher: str | list[str] | None = option(
+        None, "the frozen teacher: any network model.base accepts (a list: the mean of their outputs); null = the base"
+    )
     lora: LoraConfig = option(LoraConfig(), "model.train lora: where the updates go and their ranks")
     span: SpanConfig = option(SpanConfig(), "model.base null: the new SPAN's shape (channels, blocks, scale, ...)")
 
@@ -320,6 +322,10 @@ def validate(config: TrainConfig) -> None:
         raise DscloraError("config key loss: every weight (rec, teacher, affinity) is 0: nothing would be learned")
     if loss.teacher_ensemble not in (1, 8):
         raise DscloraError(f"config key loss.teacher_ensemble: must be 1 or 8, got {loss.teacher_ensemble}")
+    if isinstance(m.teacher, list) and (not m.teacher or (len(m.teacher) > 1 and loss.affinity > 0)):
+        raise DscloraError(
+            "config key model.teacher: give one teacher or a list of several (the affinity term needs one)"
+        )
     needs_teacher = loss.teacher > 0 or loss.affinity > 0
     if needs_teacher and m.base is None and not m.teacher:
         raise DscloraError("config key model.teacher: a SPAN trained from scratch has no teacher unless one is named")

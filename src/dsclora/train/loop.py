@@ -18,6 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -38,7 +39,7 @@ from dsclora.train.distributed import DistInfo, all_finite, barrier, init_distri
 from dsclora.train.ema import EMA
 from dsclora.train.logger import Logger
 from dsclora.train.losses import FeatureTap, Objective, layer_pairs
-from dsclora.train.networks import build_student, build_teacher
+from dsclora.train.networks import build_student, build_teachers
 from dsclora.train.schedule import lr_factor, make_optimizer
 from dsclora.train.teacher import TeacherTargets
 from dsclora.weights.checkpoints import read_train_state, write_train_state
@@ -67,9 +68,10 @@ class Trainer:
         self.model_info = built.info  # what rebuilds the student from a training state
         self.scale = built.descriptor.scale
         loss = config.loss
-        self.teacher: ModelDescriptor | None = None
+        self.teachers: list[ModelDescriptor] = []
         if loss.teacher > 0 or loss.affinity > 0:
-            self.teacher = build_teacher(config.model, self.scale, self.device)
+            self.teachers = build_teachers(config.model, self.scale, self.device)
+        self.teacher = self.teachers[0] if self.teachers else None  # the one whose features the affinity term reads
         self.cached_targets = loss.teacher > 0 and loss.teacher_targets == "cached"
         pairs = layer_pairs(loss.affinity_layers, self.described.hooks.feature_layers) if loss.affinity > 0 else []
         self.objective = Objective(loss, pairs)
@@ -159,16 +161,16 @@ class Trainer:
         """(teacher SR, teacher features) as far as the objective needs them."""
         c = self.config.loss
         lr = batch["lr"]
-        teacher = self.teacher.runnable()
         teacher_sr = batch.get("target") if self.cached_targets else None
         features = None
         if self.teacher_tap is not None:  # features of a single pass, even under an ensemble (it has no one map)
-            single_sr = teacher(lr)
+            single_sr = self.teacher.runnable()(lr)
             features = self.teacher_tap.take()
             if c.teacher > 0 and teacher_sr is None and c.teacher_ensemble == 1:
                 teacher_sr = single_sr
         if c.teacher > 0 and teacher_sr is None:
-            teacher_sr = SelfEnsemble(teacher, c.teacher_ensemble)(lr)
+            outputs = [SelfEnsemble(t.runnable(), c.teacher_ensemble)(lr) for t in self.teachers]
+            teacher_sr = sum(outputs) / len(outputs)
         return teacher_sr, features
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -195,14 +197,17 @@ class Trainer:
             with_hr=c.loss.rec > 0,
         )
         if self.cached_targets:
-            targets = TeacherTargets(
-                self.teacher.runnable(), self.teacher.identity, c.loss.teacher_ensemble, self.scale
-            )
             lr_images = [dataset.lr_image(i) for i in range(len(images))]
-            # one process computes what is missing (with a progress bar), the others then read it
-            computed = targets.get_all(lr_images, progress=not self.quiet) if self.dist.is_main else None
-            barrier(self.dist)
-            dataset.set_targets(computed or targets.get_all(lr_images, progress=False))
+            each = []
+            for teacher in self.teachers:  # every teacher's targets cached on their own; several are averaged
+                targets = TeacherTargets(teacher.runnable(), teacher.identity, c.loss.teacher_ensemble, self.scale)
+                # one process computes what is missing (with a progress bar), the others then read it
+                computed = targets.get_all(lr_images, progress=not self.quiet) if self.dist.is_main else None
+                barrier(self.dist)
+                each.append(computed or targets.get_all(lr_images, progress=False))
+            if len(each) > 1:
+                each = [[(sum(t.astype(np.float32) for t in one) / len(one)).astype(np.float16) for one in zip(*each)]]
+            dataset.set_targets(each[0])
         return dataset
 
     def _loader(self) -> DataLoader:

@@ -1,5 +1,5 @@
 """The networks a recipe trains: the student (low-rank updates on any base network, or all of its weights) and
-its frozen teacher (any network dsclora loads), both as model descriptors."""
+its frozen teachers (any network dsclora loads), all as model descriptors."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def build_student(m: ModelConfig, device: torch.device, seed: int) -> Student:
     elif m.train_form:
         if base.hooks.train_form is None:
             raise DscloraError(f"config key model.train_form: {base.arch} has no re-parameterisable training form")
-        module = base.hooks.train_form(module)
+        module = base.hooks.train_form(module, trainable=True)
     adapters = {}
     if m.train == "lora":
         torch.manual_seed(seed)
@@ -100,12 +100,15 @@ def build_student(m: ModelConfig, device: torch.device, seed: int) -> Student:
     return Student(base.with_module(module.to(device).train()), info)
 
 
-def build_teacher(m: ModelConfig, scale: int, device: torch.device) -> ModelDescriptor:
-    """``model.teacher``, else the base: frozen, merged, eval mode; its scale must match the student's."""
-    name = m.teacher or m.base
-    teacher = load(name, device, network=True)
-    if teacher.scale != scale:
-        raise DscloraError(f"config key model.teacher: {name} is a x{teacher.scale} model, the student is x{scale}")
-    for p in teacher.module.parameters():
-        p.requires_grad_(False)
-    return teacher
+def build_teachers(m: ModelConfig, scale: int, device: torch.device) -> list[ModelDescriptor]:
+    """``model.teacher`` (one or several), else the base: frozen, merged, eval mode; each at the student's scale."""
+    names = m.teacher if isinstance(m.teacher, list) else [m.teacher or m.base]
+    teachers = []
+    for name in names:
+        teacher = load(name, device, network=True)
+        if teacher.scale != scale:
+            raise DscloraError(f"config key model.teacher: {name} is a x{teacher.scale} model, the student is x{scale}")
+        for p in teacher.module.parameters():
+            p.requires_grad_(False)
+        teachers.append(teacher)
+    return teachers
