@@ -206,7 +206,8 @@ class Trainer:
                 barrier(self.dist)
                 each.append(computed or targets.get_all(lr_images, progress=False))
             if len(each) > 1:
-                each = [[(sum(t.astype(np.float32) for t in one) / len(one)).astype(np.float16) for one in zip(*each)]]
+                per_image = zip(*each, strict=True)
+                each = [[(sum(t.astype(np.float32) for t in one) / len(one)).astype(np.float16) for one in per_image]]
             dataset.set_targets(each[0])
         return dataset
 
