@@ -153,3 +153,14 @@ def test_download_verifies_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         registry.download("b")
     assert not (registry.cache_dir() / "b.pth").exists()
     assert [p.name for p in registry.cache_dir().iterdir()] == ["t.pth"]  # no temp file left behind
+
+
+def test_files_that_are_no_checkpoint_say_so_in_one_line(tmp_path: Path) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("#!/bin/sh\necho these are not weights\n" * 3)
+    with pytest.raises(DscloraError, match=r"notes\.pth: not a checkpoint .*: its bytes are not a PyTorch file"):
+        load(str(text))
+    pickled = tmp_path / "code.pth"
+    torch.save({"weights": torch.zeros(1), "run": Path("x")}, pickled)  # a pickle naming a class to build
+    with pytest.raises(DscloraError, match="pickled objects other than tensors"):
+        load(str(pickled))

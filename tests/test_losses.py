@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsclora.train.losses import charbonnier, pixel_distance, spatial_affinity_loss
+from dsclora.errors import DscloraError
+from dsclora.models.span import SPAN, SpanConfig, feature_layers
+from dsclora.train.losses import FeatureTap, charbonnier, layer_pairs, pixel_distance, spatial_affinity_loss
 
 
 def reference_affinity_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
@@ -103,3 +105,29 @@ def test_pixel_distances_by_hand() -> None:
     assert pixel_distance(a, b, "l2").item() == 25 / 4
     with pytest.raises(ValueError, match="unknown pixel distance"):
         pixel_distance(a, b, "l3")
+
+
+def test_feature_taps_hold_the_block_outputs_and_conv2_the_paper_compares() -> None:
+    model = SPAN(SpanConfig(channels=8, blocks=3, scale=2), deploy=True).eval()
+    pairs = layer_pairs([], feature_layers(model.config))
+    assert pairs == [("block_1", "block_1"), ("block_2", "block_2"), ("block_3", "block_3"), ("conv_2", "conv_2")]
+    assert layer_pairs(["block_2:block_5", "conv_2"], ()) == [("block_2", "block_5"), ("conv_2", "conv_2")]
+    tap = FeatureTap(model, [s for s, _ in pairs], "student")
+    x = torch.rand(1, 3, 10, 10)
+    with torch.no_grad():
+        model(x)
+        got = tap.take()
+        assert tap.take() == {}  # taken once
+        tap.remove()
+        model(x)
+        assert tap.take() == {}  # hooks gone
+        # by hand: each block returns (output, silu(c1)); the output is what is compared
+        out = model.conv_1(model.normalise(x))
+        for i, block in enumerate(model.blocks, start=1):
+            out = block(out)[0]
+            assert torch.equal(got[f"block_{i}"], out)
+        assert torch.equal(got["conv_2"], model.conv_2(out))
+    with pytest.raises(DscloraError, match="the teacher has no module 'block_9'"):
+        FeatureTap(model, ["block_9"], "teacher")
+    with pytest.raises(DscloraError, match="no default feature maps"):
+        layer_pairs([], ())
