@@ -71,8 +71,8 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
 
     if loaded.arch == BICUBIC:  # runs as it is
         return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, args.tile_overlap or loaded.receptive_radius)
-    tile = args.tile
-    if tile is None:
+    tile = args.tile or 0
+    if args.tile is None and sizes:  # auto: from the network's activations per pixel, measured on a small probe
         probe = 64 // loaded.size_multiple * loaded.size_multiple or loaded.size_multiple
         per_pixel = conv_statistics(loaded.runnable(), (1, loaded.in_channels, probe, probe))["activations"] / probe**2
         budget = args.memory_budget * 2**20
