@@ -245,6 +245,80 @@ def choice_section(choice: dict[str, dict]) -> list[str]:
     ]
 
 
+def _study_module(name: str):
+    """Another study's run.py, imported by path (its rules and tables live there, once)."""
+    import importlib.util
+
+    path = REPO / "studies" / name / "run.py"
+    spec = importlib.util.spec_from_file_location(f"study_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def teacher_parts_section(choice: dict[str, dict]) -> list[str]:
+    """Parts 2-4 of studies/teacher_choice (issue #19): teacher, capacity, length, each with its rule's outcome."""
+    study = _study_module("teacher_choice")
+    base = choice["ref_span-tiny"]["val"]["psnr_y"]
+    references = {"t_ch28x8": "ref_span-ch28_x8", "t_haesr": "ref_haesr", "t_craft": "ref_craft"}
+    references["t_haesr+craft"] = "ref_haesr+craft"
+    rows = []
+    for name in [*study.TEACHERS, "c_r8", *study.CAPACITY, *study.LENGTHS]:
+        run = choice.get(name)
+        if run is None:
+            continue
+        gain = run["val"]["psnr_y"] - base
+        ref = choice.get(references.get(name, ""))
+        teacher = f"{ref['val']['psnr_y'] - base:+.3f}" if ref else ""
+        share = percent(gain / (ref["val"]["psnr_y"] - base)) if ref else ""
+        steps = run["config"]["run"]["steps"]
+        rows.append(
+            f"| `{name}` | {run['trainable']:,} | {steps:,} | {run['train_seconds'] / steps:.2f} | "
+            f"{teacher} | {signed(gain)} | {share} |"
+        )
+    if not rows:
+        return []
+    decided = []
+    for rule in (study.rule_t, study.rule_c, study.rule_l):
+        try:
+            decided.append(f"- {rule()[1]}.")
+        except (TypeError, KeyError, ValueError):
+            decided.append(f"- {rule.__name__}: its runs have not all finished.")
+    return [
+        "## A stronger teacher, the student's capacity, the length (`studies/teacher_choice/`, parts 2-4)",
+        "",
+        "Same held-out split and student as above; each run is part 1's `ch28_bf16` with one change, rules written in",
+        f"the study's docstring before any run. Measured on {machines({k: choice[k] for k in choice if k.startswith(('t_', 'c_', 'l_'))})}.",
+        "",
+        "| run | trainable | steps | s / step | teacher's gain | student's gain | share of the teacher's gain |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *decided,
+        "",
+    ]
+
+
+def any_model_section() -> list[str]:
+    """studies/any_model: the recipe on four other networks, two teachers each."""
+    study = _study_module("any_model")
+    table = study.table()
+    if table.count("\n") < 2:
+        return []
+    results = {p.stem: json.loads(p.read_text()) for p in (REPO / "studies" / "any_model" / "results").glob("*.json")}
+    return [
+        "## Any network: the recipe on SPANV2, SAFMNv3, RLFN and RLFN-S x2 (`studies/any_model/`)",
+        "",
+        "ConvLoRA rank 8 on every conv but the head, L1 to a cached teacher (its own x8 self-ensemble, or HAESR for the",
+        "x4 bases), 1500 bf16 steps, merged back into each network's own architecture; rules and budget in the study's",
+        "docstring, written before any run. The held-out gain decides; the benchmark sets are only reported (change",
+        f"over the base network). Measured on {machines(results)}.",
+        "",
+        table,
+        "",
+    ]
+
+
 def study_section(results: dict[str, dict]) -> list[str]:
     """The four ways at one budget: table, computed verdicts, how far each run moved the weights."""
     base = results["ref_span-tiny"]
@@ -323,6 +397,8 @@ def main() -> None:
         "",
         *shipped_section(results),
         *choice_section(load_results(CHOICE)),
+        *teacher_parts_section(load_results(CHOICE)),
+        *any_model_section(),
         *study_section(results),
         "## Cost of the results",
         "",
