@@ -9,9 +9,9 @@ score), written atomically every ``run.checkpoint_every`` steps; data order is a
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -26,8 +26,8 @@ from tqdm import tqdm
 from dsclora.data.patches import PatchDataset, PositionSampler, default_workers, training_images
 from dsclora.devices import native_bf16, resolve_device
 from dsclora.errors import DscloraError
-from dsclora.fs import atomic_write
-from dsclora.measure.evaluate import evaluate_dataset
+from dsclora.fs import check_output_folder, check_outputs, write_json
+from dsclora.measure.evaluate import check_dataset, evaluate_dataset
 from dsclora.measure.profiling import peak_memory
 from dsclora.models.ensemble import SelfEnsemble
 from dsclora.models.forms import convert
@@ -41,6 +41,7 @@ from dsclora.train.networks import Teacher, build_student, build_teacher
 from dsclora.train.schedule import lr_factor, make_optimizer
 from dsclora.train.teacher import TeacherTargets
 from dsclora.weights.checkpoints import ModelSpec, read_train_state, save_model, spec_of, write_train_state
+from dsclora.weights.registry import resolve
 
 Batch = dict[str, torch.Tensor]
 
@@ -56,11 +57,45 @@ class _WithFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
+# Every file a run writes in run.output (plus tensorboard/): the outputs of the one output policy.
+RUN_FILES = ("config.json", "latest.pt", "best.pt", "final.safetensors", "summary.json", "train.csv", "val.csv")
+
+
+def check_run_output(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """run.output checked before any work (``fs.check_outputs``): a writable folder; none of the run's files is
+    one of its inputs (model.base / init / teacher and their JSON cards, the data folders' files), whatever the
+    flags; files of an earlier run there only with ``--resume`` (continue it) or ``--overwrite`` (start afresh)."""
+    out = check_output_folder(config.run.output, "run.output")
+    m, d = config.model, config.data
+    inputs: list[Path | str] = [*d.train, *d.train_lr, *d.val]
+    named = [m.base if m.arch == "dsclora" else m.init, m.teacher]
+    for name in dict.fromkeys(n for n in named if n):
+        path = resolve(name)
+        inputs += [path, path.with_suffix(".json")]
+    if not resume and not overwrite and (out / "latest.pt").exists():
+        raise DscloraError(
+            f"run.output {out} already holds a run: add --resume to continue it or --overwrite to start afresh, "
+            "or choose another run.output"
+        )
+    check_outputs(
+        "train",
+        [out / name for name in RUN_FILES],
+        inputs,
+        overwrite=resume or overwrite,
+        what="run.output",
+        input_hint="choose another run.output",
+        exists_hint="add --overwrite to start afresh there (replacing it), or choose another run.output",
+    )
+    return out
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False, overwrite: bool = False) -> None:
         self.config = config
         self.resume = resume
         self.quiet = quiet
+        self.progress = not quiet and sys.stderr.isatty()  # bars only on a terminal, never drawn into logs
+        self.out = check_run_output(config, resume, overwrite)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.device = resolve_device(config.run.device)
@@ -69,10 +104,11 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         self._check_precision()
-        self.out = Path(config.run.output)
         torch.manual_seed(config.run.seed)
         self.student = build_student(config.model, self.device)
         self.scale = self.student.config.scale
+        for root in config.data.val:  # every validation pair decoded and sized before the first step
+            check_dataset(root, self.scale, limit=config.data.val_max_images or None)
         self.spec: ModelSpec = spec_of(self.student)
         loss = config.loss
         self.teacher: Teacher | None = None
@@ -94,10 +130,6 @@ class Trainer:
         self.bad_steps = 0
         if resume:
             self._load_state(self.out / "latest.pt")
-        elif (self.out / "latest.pt").exists():
-            raise DscloraError(
-                f"run.output {self.out} already holds a run: add --resume to continue it, or choose another run.output"
-            )
         self.net: nn.Module = _WithFeatures(self.student)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -186,7 +218,11 @@ class Trainer:
         c = self.config
         images, skipped = training_images(c.data.train, c.data.train_lr, c.data.patch, self.scale)
         if skipped and self.dist.is_main and not self.quiet:
-            tqdm.write(f"skipping {len(skipped)} training image(s) smaller than the patch (e.g. {skipped[0].name})")
+            need = c.data.patch * self.scale
+            tqdm.write(
+                f"skipping {len(skipped)} training image(s) smaller than a patch needs (HR: patch x scale = {need} "
+                f"pixels a side, LR-only: {c.data.patch}; e.g. {skipped[0].name})"
+            )
         dataset = PatchDataset(
             images,
             self.scale,
@@ -202,7 +238,7 @@ class Trainer:
             )
             lr_images = [dataset.lr_image(i) for i in range(len(images))]
             # one process computes what is missing (with a progress bar), the others then read it
-            computed = targets.get_all(lr_images, progress=not self.quiet) if self.dist.is_main else None
+            computed = targets.get_all(lr_images, progress=self.progress) if self.dist.is_main else None
             barrier(self.dist)
             dataset.set_targets(computed or targets.get_all(lr_images, progress=False))
         return dataset
@@ -296,13 +332,17 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         main = self.dist.is_main
+        created = not self.out.exists()
         if main:
+            if not self.resume:  # a fresh run (with --overwrite where an earlier one was): no file of the last
+                for name in RUN_FILES:
+                    (self.out / name).unlink(missing_ok=True)
             self.out.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.out / "config.json") as tmp:
-                tmp.write_text(json.dumps(c.to_dict(), indent=2))
-        logger = Logger(self.out, c.run.tensorboard, self.step if self.resume else None) if main else None
+            write_json(self.out / "config.json", c.to_dict())
+        logger = None
         bar = None
         try:
+            logger = Logger(self.out, c.run.tensorboard, self.step if self.resume else None) if main else None
             loader = self._loader()
             if main and not self.quiet:
                 trainable = sum(p.numel() for p in self.trainable)
@@ -312,7 +352,11 @@ class Trainer:
                     + (f", resuming at step {self.step}" if self.step else "")
                 )
             bar = tqdm(
-                total=c.run.steps, initial=self.step, disable=not main or self.quiet, unit="step", dynamic_ncols=True
+                total=c.run.steps,
+                initial=self.step,
+                disable=not main or not self.progress,
+                unit="step",
+                dynamic_ncols=True,
             )
             start = window = time.perf_counter()
             last: dict[str, float] = {}
@@ -348,21 +392,33 @@ class Trainer:
                 "seconds": time.perf_counter() - start,
                 "last_losses": last,
                 "final_val": result,
-                "best": self.best,
+                "best": self.best if self.best["step"] is not None else None,  # None: never validated
             }
             if main:
                 self.save_state("latest.pt")
                 summary.update(self._export())
-                with atomic_write(self.out / "summary.json") as tmp:
-                    tmp.write_text(json.dumps(summary, indent=2, default=str))
+                write_json(self.out / "summary.json", summary)
             barrier(self.dist)
             return summary
+        except BaseException:
+            if main and not (self.out / "latest.pt").exists():
+                self._remove_unfinished(created)
+            raise
         finally:
             if bar is not None:
                 bar.close()
             if logger:
                 logger.close()
             shutdown(self.dist)
+
+    def _remove_unfinished(self, created: bool) -> None:
+        """A run that failed before its first checkpoint leaves nothing: it cannot be resumed, and its
+        config.json and logs would only make the next run's output look taken."""
+        if created:
+            shutil.rmtree(self.out, ignore_errors=True)
+            return
+        for name in RUN_FILES:
+            (self.out / name).unlink(missing_ok=True)
 
     def _validate_and_keep_best(self, logger: Logger | None) -> dict | None:
         result = self.validate() if self.dist.is_main else None
