@@ -92,7 +92,9 @@ def test_cpu_identity_tells_apart_cpus_of_one_name(tmp_path) -> None:
     assert cpu_model(cpuinfo(1, "fpu sse2 avx avx2 fma")) == "AMD EPYC (family 25 model 1, avx2)"
     zen4 = cpu_model(cpuinfo(17, "avx2 avx512f avx512_bf16 avx512_vnni"))
     assert zen4 == "AMD EPYC (family 25 model 17, avx512_bf16, avx512f)"
-    assert cpu_model(tmp_path / "absent")  # no /proc: still a name (from platform)
+    import platform
+
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())  # no /proc: platform's
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:
