@@ -9,6 +9,7 @@ import torch
 
 from dsclora.models.span import SPAN, SpanConfig
 from dsclora.runtime import autotune
+from dsclora.runtime.backends import PRECISIONS, check_combination
 
 
 @pytest.fixture
@@ -73,9 +74,15 @@ def test_explicit_backend_is_not_measured(monkeypatch, tiny) -> None:
     assert timed == []
 
 
-def test_gpu_candidates_include_padded_widths() -> None:
-    names = autotune._candidates(torch.device("cuda"), "fp16")
-    assert ("channels_last", 8) in names and ("channels_last", 32) in names and ("torch", 0) in names
+def test_auto_times_only_paths_that_can_run() -> None:
+    """Every eager path auto would time passes the same check a user's --backend / --precision choice must pass
+    (e.g. ONNX Runtime only at fp32, where it is installed), on a CPU and on a GPU."""
+    for device, precisions in (("cpu", ("fp32", "bf16", "bf16-accurate")), ("cuda", PRECISIONS)):
+        for precision in precisions:
+            candidates = autotune._candidates(torch.device(device), precision)
+            assert ("torch", 0) in candidates  # the reference path is always among them
+            for backend, _pad in candidates:
+                check_combination(backend, torch.device(device), precision)
 
 
 def test_cpu_identity_tells_apart_cpus_of_one_name(tmp_path) -> None:
