@@ -47,10 +47,18 @@ def no_space(exc: BaseException, folder: str | os.PathLike, name: str | None = N
         return exc
     full = getattr(exc, "errno", None) in NO_SPACE_ERRNOS or "No space left on device" in str(exc)
     if not full and not isinstance(exc, OSError | DscloraError):  # an OSError says what it is by its errno
-        free = free_bytes(folder)
-        full = free is not None and free < NEARLY_FULL_BYTES
-    if not full:
-        return None
+        full = nearly_full(folder)
+    return no_space_error(folder, name) if full else None
+
+
+def nearly_full(folder: str | os.PathLike) -> bool:
+    """Whether ``folder``'s file system has less than ``NEARLY_FULL_BYTES`` left: how a failed write whose
+    writer does not say why (torch.save, a tool in another process) is recognised as a full disk."""
+    free = free_bytes(folder)
+    return free is not None and free < NEARLY_FULL_BYTES
+
+
+def no_space_error(folder: str | os.PathLike, name: str | None = None) -> NoSpaceError:
     what = f"{name} was not written" if name else "the write failed"
     return NoSpaceError(f"no space left on device for {folder}: {what} (free some space and run again)")
 

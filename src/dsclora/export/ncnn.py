@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
+from dsclora.fs import nearly_full, no_space_error
 from dsclora.models.forms import to_deploy
 from dsclora.models.span import SPAN
 
@@ -100,6 +101,8 @@ def export_ncnn(model: SPAN, path: str | Path, probe: torch.Tensor) -> tuple[Pat
             )
         tmp_param, tmp_bin = Path(str(stem) + ".param"), Path(str(stem) + ".bin")
         if not (tmp_param.is_file() and tmp_bin.is_file()):
+            if nearly_full(param.parent):  # pnnx, a separate program, only says it could not write
+                raise no_space_error(param.parent, param.name)
             last = log.read_text(errors="replace").strip().splitlines()[-1:]
             raise DscloraError(f"pnnx wrote no NCNN files ({last[0] if last else 'no message'})")
         with torch.no_grad():
