@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
-from dsclora.fs import nearly_full, no_space_error
+from dsclora.fs import NEARLY_FULL_BYTES, free_bytes, nearly_full, no_space_error
 from dsclora.models.forms import to_deploy
 from dsclora.models.span import SPAN
 
@@ -81,6 +81,11 @@ def export_ncnn(model: SPAN, path: str | Path, probe: torch.Tensor) -> tuple[Pat
     param, weights = ncnn_paths(path)
     channels = deployed.config.in_channels
     param.parent.mkdir(parents=True, exist_ok=True)
+    # pnnx writes ~5 copies of the weights (TorchScript, pnnx and ncnn files, ONNX) and aborts the whole process
+    # when a write fails, so a disk without room for them is refused before it starts
+    free = free_bytes(param.parent)
+    if free is not None and free < 6 * sum(p.numel() * 4 for p in deployed.parameters()) + NEARLY_FULL_BYTES:
+        raise no_space_error(param.parent, param.name)
     with tempfile.TemporaryDirectory(dir=param.parent) as work:
         stem = Path(work) / "model"
         log = Path(work) / "pnnx.log"

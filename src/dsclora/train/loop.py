@@ -333,15 +333,15 @@ class Trainer:
         c = self.config
         main = self.dist.is_main
         created = not self.out.exists()
-        if main:
-            if not self.resume:  # a fresh run (with --overwrite where an earlier one was): no file of the last
-                for name in RUN_FILES:
-                    (self.out / name).unlink(missing_ok=True)
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "config.json", c.to_dict())
         logger = None
         bar = None
         try:
+            if main:
+                if not self.resume:  # a fresh run (with --overwrite where an earlier one was): none of its files
+                    for name in RUN_FILES:
+                        (self.out / name).unlink(missing_ok=True)
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_json(self.out / "config.json", c.to_dict())
             logger = Logger(self.out, c.run.tensorboard, self.step if self.resume else None) if main else None
             loader = self._loader()
             if main and not self.quiet:
