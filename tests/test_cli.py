@@ -530,6 +530,11 @@ def test_no_command_writes_over_its_inputs_whatever_the_flags(capsys, tmp_path: 
     for argv in cases:
         code, _, err = run_cli(capsys, *argv, "--overwrite")
         assert code == 2 and "would overwrite one of" in err and err.count("\n") == 1, (argv, err)
+    fifo = tmp_path / "fifo.json"  # like /dev/null: not a file to replace, even with --overwrite
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "eval", "--weights", "bicubic", "--scale", "4", "--data", str(data), "--json",
+                           str(fifo), "--overwrite")  # fmt: skip
+    assert code == 2 and "is not a regular file" in err and fifo.is_fifo(), err
     assert all(p.read_bytes() == content for p, content in before.items())
     assert link.is_symlink() and os.readlink(link) == w
 

@@ -227,6 +227,8 @@ def check_outputs(
         if path.is_dir():
             raise DscloraError(f"{what} {path} is a folder; give a file name")
         exists = os.path.lexists(path)
+        if exists and not path.is_file():  # a device (/dev/null), a pipe, a broken link: never replaced by a file
+            raise DscloraError(f"{what} {path} is not a regular file; give a file name")
         inside = any(real.is_relative_to(folder) for folder in input_folders)
         if real in input_files or (exists and (_identity(path) in input_ids or inside)):
             raise DscloraError(f"{path} would overwrite one of {command}'s inputs; {input_hint}")
