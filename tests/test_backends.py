@@ -1,11 +1,11 @@
-"""Inference back-ends and precisions agree with the eager fp32 reference on real images."""
+"""Inference back-ends and precisions agree with the eager fp32 reference on real images (the embedded model on
+photos from scikit-image's wheel: no workspace data needed)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
@@ -16,17 +16,18 @@ from dsclora.runtime.autotune import resolve_backend
 from dsclora.runtime.backends import make_runner
 from dsclora.runtime.tiling import TiledUpscaler
 from dsclora.weights.load import load
-from support import benchmark_set, official_weight
+from dsclora.weights.registry import embedded_weights
+from support import lr_photos, make_benchmark
 
 
 @pytest.fixture(scope="module")
 def dscf():
-    return load(str(official_weight("dscf")))
+    """The embedded model: a trained SPAN-tiny (C = 26, 6 blocks, x4), like the DSCLoRA release."""
+    return load(str(embedded_weights()))
 
 
 def lr_image(index: int = 0) -> torch.Tensor:
-    path = sorted((benchmark_set("Set5") / "x4" / "LR").glob("*.png"))[index]
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1).copy()).float()[None] / 255
+    return lr_photos(3, 64, 80)[index]
 
 
 @pytest.mark.parametrize("backend", ["torch", "channels_last", "onnxruntime", "compile", "auto"])
@@ -49,11 +50,12 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
     ("backend", "precision", "budget_db"),
     [("channels_last", "bf16", 0.05), ("channels_last", "bf16-accurate", 0.005), ("compile", "bf16-accurate", 0.005)],
 )
-def test_reduced_precision_psnr_change_on_set5(dscf, backend: str, precision: str, budget_db: float) -> None:
+def test_reduced_precision_psnr_change(dscf, tmp_path, backend: str, precision: str, budget_db: float) -> None:
     runner = make_runner(dscf, backend, torch.device("cpu"), precision)
     ref_runner = make_runner(dscf, "torch", torch.device("cpu"))
     changes = []
-    for pair in find_pairs(benchmark_set("Set5"), 4):
+    photos = make_benchmark(tmp_path, count=5, height=128, width=128)
+    for pair in find_pairs(photos, 4):
         hr, lr = load_pair(pair, 4)
         x = to_tensor(lr)
         sr = to_uint8(to_array(runner(x)))

@@ -18,6 +18,7 @@ from dsclora.models.span.checkpoint import detect
 from dsclora.models.span.forms import derived_eval_conv_state
 from dsclora.weights import registry
 from dsclora.weights.load import load
+from dsclora.weights.registry import embedded_weights
 from dsclora.weights.sources.span import save
 from support import official_weight
 
@@ -121,28 +122,36 @@ def test_hostile_embedded_configs_are_refused_before_building(tmp_path: Path, co
         load(str(path))
 
 
+def _entry(name: str, sha256: str, url: str = "") -> registry.WeightsEntry:
+    return registry.WeightsEntry(name, f"{name}.safetensors", sha256, url, "test", "MIT")
+
+
 def test_registry_resolves_through_search_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = official_weight("dscf")
-    entry = registry.REGISTRY["dscf"]
-    assert sha256_file(src) == entry.sha256
+    src = embedded_weights()
+    entry = _entry("w", sha256_file(src))
+    monkeypatch.setitem(registry.REGISTRY, "w", entry)
     empty, full = tmp_path / "empty", tmp_path / "full"
     empty.mkdir()
     full.mkdir()
     (full / entry.filename).write_bytes(src.read_bytes())
     monkeypatch.setenv(registry.ENV_VAR, f"{empty}:{full}")
-    assert registry.resolve("dscf") == full / entry.filename
+    assert registry.resolve("w") == full / entry.filename
     (empty / entry.filename).write_bytes(b"tampered")
     with pytest.raises(DscloraError, match="sha256"):
-        registry.resolve("dscf")
+        registry.resolve("w")
     monkeypatch.setenv(registry.ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(DscloraError, match="not found"):
-        registry.resolve("dscf")
+        registry.resolve("w")
+
+
+def test_official_registry_entry_matches_the_file() -> None:
+    assert sha256_file(official_weight("dscf")) == registry.REGISTRY["dscf"].sha256
 
 
 def test_download_verifies_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = official_weight("span-tiny")
-    good = registry.WeightsEntry("t", "t.pth", sha256_file(src), src.as_uri(), "test", "MIT")
-    bad = registry.WeightsEntry("b", "b.pth", "0" * 64, src.as_uri(), "test", "MIT")
+    src = embedded_weights()
+    good = _entry("t", sha256_file(src), src.as_uri())
+    bad = _entry("b", "0" * 64, src.as_uri())
     monkeypatch.setitem(registry.REGISTRY, "t", good)
     monkeypatch.setitem(registry.REGISTRY, "b", bad)
     monkeypatch.setenv(registry.ENV_VAR, "")
@@ -151,8 +160,8 @@ def test_download_verifies_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert registry.resolve("t") == path
     with pytest.raises(DscloraError, match="sha256"):
         registry.download("b")
-    assert not (registry.cache_dir() / "b.pth").exists()
-    assert [p.name for p in registry.cache_dir().iterdir()] == ["t.pth"]  # no temp file left behind
+    assert not (registry.cache_dir() / "b.safetensors").exists()
+    assert [p.name for p in registry.cache_dir().iterdir()] == ["t.safetensors"]  # no temp file left behind
 
 
 def test_files_that_are_no_checkpoint_say_so_in_one_line(tmp_path: Path) -> None:

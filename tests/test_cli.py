@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -17,10 +18,12 @@ import torch
 from PIL import Image
 
 from dsclora.cli import build_parser, main
+from dsclora.data.images import to_tensor
 from dsclora.data.imresize import imresize
+from dsclora.fs import sha256_file
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
-from support import REPO, benchmark_set, official_weight
+from support import REPO, benchmark_set, make_benchmark
 
 
 def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -46,12 +49,11 @@ def model_output(weights: Path, rgb_uint8: np.ndarray) -> np.ndarray:
 
 
 def test_upscale_real_photo_equals_model_output(capsys, tmp_path: Path, photo_png: Path) -> None:
-    weights = official_weight("dscf")
-    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "out"), "--weights", "dscf")
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "out"), "--weights", "default")
     assert code == 0, err
     assert "upscale:" not in err and "img/s" not in err  # no progress bar drawn into a non-terminal
     result = np.asarray(Image.open(tmp_path / "out" / "astronaut.png"))
-    expected = model_output(weights, np.asarray(Image.open(photo_png)))
+    expected = model_output(embedded_weights(), np.asarray(Image.open(photo_png)))
     assert result.shape == (256, 320, 3)
     assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
 
@@ -161,23 +163,48 @@ def broken_image(kind: str, folder: Path, photo: np.ndarray) -> Path:
         path.write_text("hello, I am text\n")
     elif kind == "bomb":
         path.write_bytes(_png_bomb(100_000, 100_000))
+    elif kind == "symlink_loop":
+        path.symlink_to(path.with_name("other.png"))
+        path.with_name("other.png").symlink_to(path)
     elif kind == "missing":
         pass
     return path
 
 
-@pytest.mark.parametrize("kind", ["zero_byte", "truncated", "not_an_image", "bomb", "missing"])
-def test_broken_images_fail_cleanly(capsys, tmp_path: Path, sample_photo: np.ndarray, kind: str) -> None:
-    src = broken_image(kind, tmp_path, sample_photo)
-    out = tmp_path / "out"
-    code, stdout, err = run_cli(capsys, "upscale", str(src), "-o", str(out))
-    if kind == "truncated":  # only decoding finds it: reported per image, the others would go on
-        assert code == 1
-    else:  # the header tells: refused before the model is loaded and `auto` runs
-        assert code == 2 and "backend" not in stdout
-    lines = [line for line in err.splitlines() if line.startswith("dsclora: error")]
-    assert len(lines) == 1 and "Traceback" not in err
-    assert not out.exists() or not any(out.iterdir())
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command loads a model: what it refuses must be refused before any work."""
+    import dsclora.weights.load as loader
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(loader, "load", no_loading)
+
+
+BROKEN = {
+    "zero_byte": "empty file",
+    "truncated": "truncated or corrupt",
+    "not_an_image": "not an image",
+    "bomb": "image too large",
+    "symlink_loop": "is a symlink loop",
+    "missing": "no such file",
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_broken_images_fail_cleanly(capsys, tmp_path: Path, photo_png: Path, no_model, kind: str) -> None:
+    """Alone or in a folder with a good image: one line naming the file, exit 2, before the model loads, and
+    nothing written (every input is decoded once first, so a truncated body is found before any work)."""
+    src = broken_image(kind, photo_png.parent, np.asarray(Image.open(photo_png)))
+    for target in (src, photo_png.parent):
+        if kind in ("missing", "symlink_loop") and target != src:
+            continue  # not in a folder listing
+        out = tmp_path / "out"
+        code, _, err = run_cli(capsys, "upscale", str(target), "-o", str(out))
+        assert code == 2 and err.count("\n") == 1 and err.startswith("dsclora: error") and BROKEN[kind] in err, err
+        assert src.name in err
+        assert not out.exists() or not any(out.iterdir())
 
 
 class _RunsCode:
@@ -269,14 +296,9 @@ def test_help_explains_every_option() -> None:
         assert sub.description, f"{name} has no description"
         for action in sub._actions:
             assert action.help and action.help.strip(), f"{name} {action.option_strings or action.dest}: no help"
-    top = subprocess.run(
-        [sys.executable, "-m", "dsclora.cli", "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        check=True,
-    ).stdout
-    assert "locate" not in top  # no advertised action that does not exist
+    writers = ("upscale", "eval", "profile", "convert", "merge", "export", "train")
+    for name in writers:  # every command that writes files has the one policy's --overwrite
+        assert any("--overwrite" in a.option_strings for a in commands[name]._actions), name
 
 
 # ---------------------------------------------------------------------------------------- eval / profile / convert
@@ -306,33 +328,31 @@ def test_eval_bicubic_json(capsys, tmp_path: Path) -> None:
 
 
 def test_eval_hr_only_folder_makes_and_caches_lr(capsys, tmp_path: Path) -> None:
-    """An HR-only folder (like a user's Urban100 copy) gets MATLAB-bicubic LR: same result as official LR."""
+    """An HR-only folder (like a user's Urban100 copy) gets MATLAB-bicubic LR, cached: the same figures as the
+    set with its LR files (made by MATLAB bicubic, as the official sets were)."""
+    with_lr = make_benchmark(tmp_path / "Ref", count=2)
     hr_only = tmp_path / "MySet" / "HR"
     hr_only.mkdir(parents=True)
-    for src in sorted((benchmark_set("Set5") / "x4" / "HR").glob("*.png"))[:2]:
+    for src in sorted((with_lr / "x4" / "HR").glob("*.png")):
         (hr_only / src.name).write_bytes(src.read_bytes())
     code, _out, err = run_cli(capsys, "eval", "--data", str(hr_only.parent), "--json", str(tmp_path / "a.json"))
     assert code == 0, err
-    cache = list((Path(os.environ["XDG_CACHE_HOME"]) / "dsclora" / "lr").glob("*.png"))
-    assert len(cache) >= 2
-    ours = json.loads((tmp_path / "a.json").read_text())["datasets"][0]["psnr_y"]
-    official_lr = tmp_path / "Ref"
-    (official_lr / "x4").mkdir(parents=True)
-    for sub in ("HR", "LR"):
-        (official_lr / "x4" / sub).mkdir()
-        for src in sorted((benchmark_set("Set5") / "x4" / sub).glob("*.png"))[:2]:
-            (official_lr / "x4" / sub / src.name).write_bytes(src.read_bytes())
-    code, _, err = run_cli(
-        capsys, "eval", "--weights", "default", "--data", str(official_lr), "--json", str(tmp_path / "b.json")
-    )
-    reference = json.loads((tmp_path / "b.json").read_text())["datasets"][0]["psnr_y"]
-    assert abs(ours - reference) < 0.02
+    cache = sorted((Path(os.environ["XDG_CACHE_HOME"]) / "dsclora" / "lr").glob("*.png"))
+    made = [np.asarray(Image.open(f)) for f in cache]
+    for lr_file in sorted((with_lr / "x4" / "LR").glob("*.png")):  # each LR it made is in the cache
+        assert any(np.array_equal(np.asarray(Image.open(lr_file)), m) for m in made)
+    ours = json.loads((tmp_path / "a.json").read_text())["datasets"][0]
+    code, _, err = run_cli(capsys, "eval", "--data", str(with_lr), "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    reference = json.loads((tmp_path / "b.json").read_text())["datasets"][0]
+    assert ours["images"] == reference["images"] == 2
+    assert (ours["psnr_y"], ours["ssim_y"]) == (reference["psnr_y"], reference["ssim_y"])
 
 
-def test_profile_dscf_ntire_figures(capsys, tmp_path: Path) -> None:
-    official_weight("dscf")
+def test_profile_reproduces_the_published_figures_of_span_tiny(capsys, tmp_path: Path) -> None:
+    """The embedded model has the DSCLoRA release's architecture (SPAN-tiny), so the same published counts."""
     report = tmp_path / "p.json"
-    code, _out, err = run_cli(capsys, "profile", "--weights", "dscf", "--runs", "2", "--json", str(report))
+    code, _out, err = run_cli(capsys, "profile", "--runs", "2", "--json", str(report))
     assert code == 0, err
     figures = json.loads(report.read_text())
     # the NTIRE 2025 report's figures for the DSCLoRA release (docs/method.md §3)
@@ -343,7 +363,7 @@ def test_profile_dscf_ntire_figures(capsys, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
 def test_convert_round_trip_is_exact(capsys, tmp_path: Path, fmt: str) -> None:
-    src = official_weight("dscf")
+    src = embedded_weights()
     train_file = tmp_path / f"train.{fmt}"
     back_file = tmp_path / f"deploy.{fmt}"
     assert run_cli(capsys, "convert", str(src), str(train_file), "--to", "train")[0] == 0
@@ -386,7 +406,7 @@ def test_upscale_never_writes_over_its_inputs(capsys, tmp_path: Path, photo_png:
     folder = photo_png.parent
     original = photo_png.read_bytes()
     code, _, err = run_cli(capsys, "upscale", str(folder), "-o", str(folder))
-    assert code == 2 and "would overwrite an input image" in err and "--suffix" in err
+    assert code == 2 and "would overwrite one of upscale's inputs" in err and "--suffix" in err
     code, _, err = run_cli(capsys, "upscale", str(folder), "-o", str(folder), "--overwrite")
     assert code == 2 and photo_png.read_bytes() == original  # not even --overwrite replaces an input
     code, _, err = run_cli(capsys, "upscale", str(folder), "-o", str(folder), "--suffix", "_x4")
@@ -476,6 +496,282 @@ def test_bad_outputs_are_refused_before_any_work(capsys, tmp_path: Path, photo_p
     assert not (tmp_path / "o").exists()
 
 
+@pytest.fixture
+def workspace(tmp_path: Path, photo_png: Path) -> dict[str, Path]:
+    """Inputs a command reads: weights with their JSON card, a benchmark folder, a check image."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(embedded_weights().read_bytes())
+    (tmp_path / "w.json").write_text('{"license": "MIT"}')
+    data = make_benchmark(tmp_path / "Set", count=1, height=48, width=48)
+    return {"weights": weights, "card": tmp_path / "w.json", "data": data, "photo": photo_png}
+
+
+def test_no_command_writes_over_its_inputs_whatever_the_flags(capsys, tmp_path: Path, workspace, no_model) -> None:
+    w, card, data, photo = (str(workspace[k]) for k in ("weights", "card", "data", "photo"))
+    hr = workspace["data"] / "x4" / "HR" / "img0.png"
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(w)
+    hard = tmp_path / "hard.safetensors"
+    os.link(w, hard)
+    cases = [
+        ["eval", "--weights", w, "--data", str(data), "--json", str(hr)],  # an image of --data
+        ["eval", "--weights", w, "--data", str(data), "--json", card],  # the weights' card
+        ["profile", "--weights", w, "--ntire", "--data", str(data), "--json", str(hr)],
+        ["profile", "--weights", w, "--json", w],
+        ["convert", w, w],
+        ["convert", w, str(link)],  # another name for the input: a symlink
+        ["convert", w, str(hard)],  # or a hard link
+        ["export", "--weights", w, "--format", "safetensors", "-o", w],
+        ["export", "--weights", w, "--format", "spandrel", "-o", str(tmp_path / "w.pth")],  # its card is w.json
+        ["export", "--weights", w, "--format", "onnx", "-o", str(tmp_path / "c.onnx"), "--check-image", str(tmp_path / "c.json")],
+    ]  # fmt: skip
+    (tmp_path / "c.json").write_bytes(Path(photo).read_bytes())  # a check image that happens to end in .json
+    before = {p: p.read_bytes() for p in [hr, Path(w), Path(card), tmp_path / "c.json"]}
+    for argv in cases:
+        code, _, err = run_cli(capsys, *argv, "--overwrite")
+        assert code == 2 and "would overwrite one of" in err and err.count("\n") == 1, (argv, err)
+    fifo = tmp_path / "fifo.json"  # like /dev/null: not a file to replace, even with --overwrite
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "eval", "--weights", "bicubic", "--scale", "4", "--data", str(data), "--json",
+                           str(fifo), "--overwrite")  # fmt: skip
+    assert code == 2 and "is not a regular file" in err and fifo.is_fifo(), err
+    assert all(p.read_bytes() == content for p, content in before.items())
+    assert link.is_symlink() and os.readlink(link) == w
+
+
+def test_an_existing_output_needs_overwrite(capsys, tmp_path: Path, workspace) -> None:
+    w, data = str(workspace["weights"]), str(workspace["data"])
+    out = {name: tmp_path / name for name in ("e.json", "p.json", "c.safetensors", "x.safetensors", "x.json")}
+    commands = {
+        "e.json": ["eval", "--weights", "bicubic", "--scale", "4", "--data", data, "--json", str(out["e.json"])],
+        "p.json": ["profile", "--weights", w, "--runs", "1", "--warmup", "0", "--size", "16x16", "--backend", "torch",
+                   "--json", str(out["p.json"])],
+        "c.safetensors": ["convert", w, str(out["c.safetensors"])],
+        "x.json": ["export", "--weights", w, "--format", "safetensors", "-o", str(out["x.safetensors"])],
+    }  # fmt: skip
+    for name, argv in commands.items():
+        out[name].write_text("mine")  # for export: only its card exists
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and f"{out[name]} exists; add --overwrite" in err and err.count("\n") == 1, err
+        assert out[name].read_text() == "mine"
+        code, _, err = run_cli(capsys, *argv, "--overwrite")
+        assert code == 0, err
+        assert out[name].read_bytes() != b"mine"
+    assert json.loads(out["e.json"].read_text())["datasets"][0]["images"] == 1
+    assert json.loads(out["x.json"].read_text())["resources"][0]["sha256"] == sha256_file(out["x.safetensors"])
+    assert torch.equal(load(str(out["c.safetensors"])).module.conv_cat.weight, load(str(w)).module.conv_cat.weight)
+
+
+@pytest.mark.parametrize("suffix", ["/../../escaped", "_x4/..", "..", "a/b", "_x\0"])
+def test_upscale_suffix_cannot_leave_the_output_folder(capsys, tmp_path: Path, photo_png: Path, suffix) -> None:
+    out = tmp_path / "deep" / "out"
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(out), "--suffix", suffix, "--overwrite")
+    assert code == 2 and "--suffix" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["astronaut.png"]
+
+
+def test_a_symlink_loop_is_named_as_one(capsys, tmp_path: Path, photo_png: Path, no_model) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    named = tmp_path / "m.safetensors"  # an output that is itself a link in a loop
+    named.symlink_to(tmp_path / "m2.safetensors")
+    (tmp_path / "m2.safetensors").symlink_to(named)
+    cases = [
+        ["upscale", str(photo_png), "-o", str(loop / "out")],
+        ["upscale", str(loop), "-o", str(tmp_path / "out")],
+        ["upscale", str(photo_png), "-o", str(tmp_path / "out"), "--weights", str(loop)],
+        ["export", "--format", "onnx", "-o", str(loop / "m.onnx")],
+        ["convert", str(embedded_weights()), str(loop / "m.safetensors")],
+        ["convert", str(embedded_weights()), str(named)],
+        ["train", str(loop)],
+    ]
+    for argv in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "symlink loop" in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+def _disk_fills_up(monkeypatch, kind: str) -> None:
+    """Make the writer of ``kind`` fail as it does on a full disk, after writing part of its file: safetensors
+    and torch.save with their own exception types (the free space tells), Pillow and plain writes with ENOSPC."""
+    import pathlib
+
+    import safetensors
+    from PIL import Image as PILImage
+
+    import dsclora.weights.checkpoints as checkpoints
+
+    def partial(path) -> None:
+        with open(path, "wb") as handle:
+            handle.write(b"\0" * 100)
+
+    def fail(error: BaseException):
+        def write(*args, **kwargs):
+            target = args[1] if kind in ("safetensors", "pth", "png") else args[0]
+            partial(target)
+            raise error
+
+        return write
+
+    enospc = OSError(errno.ENOSPC, "No space left on device")
+    if kind == "safetensors":
+        message = "Error while serializing: I/O error: No space left on device (os error 28)"
+        monkeypatch.setattr(checkpoints, "save_file", fail(safetensors.SafetensorError(message)))
+    elif kind == "pth":
+        monkeypatch.setattr(
+            torch, "save", fail(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos"))
+        )
+        statvfs = os.statvfs
+        monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result((*statvfs(p)[:4], 0, *statvfs(p)[5:])))
+    elif kind == "png":
+        monkeypatch.setattr(PILImage.Image, "save", fail(enospc))
+    else:
+        monkeypatch.setattr(pathlib.Path, "write_bytes", fail(enospc))
+
+
+@pytest.mark.parametrize("command", ["convert_safetensors", "convert_pth", "export_onnx", "upscale_folder"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
+    capsys, tmp_path: Path, photo_png: Path, monkeypatch, command: str
+) -> None:
+    Image.open(photo_png).crop((0, 0, 20, 16)).save(photo_png.parent / "second.png")
+    out = tmp_path / "out"
+    argv, written, kind = {
+        "convert_safetensors": (["convert", str(embedded_weights()), str(out / "m.safetensors")], "m.safetensors",
+                                "safetensors"),
+        "convert_pth": (["convert", str(embedded_weights()), str(out / "m.pth")], "m.pth", "pth"),
+        "export_onnx": (["export", "--format", "onnx", "-o", str(out / "m.onnx"), "--no-simplify"], "m.onnx",
+                        "bytes"),
+        "upscale_folder": (["upscale", str(photo_png.parent), "-o", str(out), "--backend", "torch"],
+                           "astronaut.png", "png"),
+    }[command]  # fmt: skip
+    if command == "export_onnx":
+        pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    out.mkdir()
+    _disk_fills_up(monkeypatch, kind)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    *before, last = err.splitlines()
+    assert (
+        last
+        == f"dsclora: error: no space left on device for {out}: {written} was not written (free some space and run again)"
+    )
+    assert all(line.startswith("backend: ") for line in before)  # upscale says which back-end it chose
+    assert not list(out.iterdir())  # no partial file, no temporary, no second image
+
+
+def test_max_pixels_above_pillows_own_limit_lets_the_image_in(capsys, tmp_path: Path, monkeypatch, no_model) -> None:
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
+    bomb = tmp_path / "big.png"
+    bomb.write_bytes(_png_bomb(10_000, 9_500))  # 95 MP: above Pillow's 89.5 MP, its pixels absent
+    code, _, err = run_cli(capsys, "upscale", str(bomb), "-o", str(tmp_path / "o"), "--max-pixels", "50000000")
+    assert code == 2 and "10000x9500 = 95000000 pixels, over the limit of 50000000" in err and "--max-pixels" in err
+    code, _, err = run_cli(capsys, "upscale", str(bomb), "-o", str(tmp_path / "o"), "--max-pixels", "100000000")
+    assert code == 2 and "truncated or corrupt" in err  # past both limits: decoding finds the missing pixels
+
+
+def test_eval_checks_every_pair_before_computing(capsys, tmp_path: Path, monkeypatch, sample_photo) -> None:
+    import dsclora.measure.evaluate as evaluate
+
+    def no_computing(*_args, **_kwargs):
+        raise AssertionError("an image was computed before every pair was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_dataset", no_computing)
+    cases = {
+        "truncated": "truncated or corrupt",
+        "mismatch": "LR 10x10 times 4 does not give HR 48x48",
+        "tiny": "too small to evaluate at x4",
+        "empty": "empty file",
+    }
+    for case, message in cases.items():
+        root = make_benchmark(tmp_path / case, count=2, height=48, width=48)
+        hr, lr = root / "x4" / "HR" / "img1.png", root / "x4" / "LR" / "img1.png"
+        if case == "truncated":
+            hr.write_bytes(hr.read_bytes()[:300])
+        elif case == "mismatch":
+            Image.fromarray(sample_photo[:10, :10]).save(lr)
+        elif case == "tiny":  # 12 pixels: 4 cropped each side leave 4, SSIM's window is 11
+            Image.fromarray(sample_photo[:12, :12]).save(hr)
+            Image.fromarray(sample_photo[:3, :3]).save(lr)
+        else:
+            lr.write_bytes(b"")
+        code, _, err = run_cli(capsys, "eval", "--weights", "bicubic", "--scale", "4", "--data", str(root))
+        assert code == 2 and message in err and err.count("\n") == 1, (case, err)
+
+
+def test_impossible_requests_are_refused_before_any_work(capsys, tmp_path: Path, no_model) -> None:
+    cases = [
+        (["export", "--format", "onnx", "--opset", "999", "-o", str(tmp_path / "m.onnx")], "--opset 999: torch"),
+        (["profile", "--data", str(tmp_path)], "--data is used by --ntire only"),
+        (["profile", "--efdn-ms", "30"], "--efdn-ms is used by --ntire only"),
+        (["profile", "--ntire", "--data", str(tmp_path), "--efdn-ms", "-5"], "must be a positive finite number"),
+        (["profile", "--ntire", "--data", str(tmp_path), "--efdn-ms", "nan"], "must be a positive finite number"),
+    ]
+    for argv, message in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_profile_refuses_a_size_that_cannot_fit_in_memory(capsys, monkeypatch) -> None:
+    import dsclora.runtime.backends as backends
+
+    def no_running(*_args, **_kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(backends, "make_runner", no_running)
+    code, _, err = run_cli(capsys, "profile", "--size", "100000x100000", "--backend", "torch")
+    assert code == 2 and "--size 100000x100000: one forward would need about" in err and err.count("\n") == 1
+
+
+def test_onnx_fp16_io_with_fp32_compute(capsys, tmp_path: Path) -> None:
+    """fp32 weights and arithmetic behind fp16 input and output: within the output's fp16 rounding of torch."""
+    ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    out = tmp_path / "io16.onnx"
+    assert run_cli(capsys, "export", "--format", "onnx", "--io", "fp16", "-o", str(out), "--no-simplify")[0] == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    x = to_tensor(imresize(np.asarray(Image.open(embedded_photo(tmp_path))), 0.25))
+    got = session.run(None, {"input": x.numpy().astype(np.float16)})[0]
+    with torch.no_grad():
+        want = load(str(embedded_weights())).module(x.half().float()).clamp(0, 1).numpy()
+    assert got.dtype == np.float16 and np.abs(got.astype(np.float32) - want).max() <= 2**-12 + 1e-4
+
+
+def embedded_photo(folder: Path) -> Path:
+    from skimage import data
+
+    path = folder / "photo.png"
+    Image.fromarray(data.coffee()[100:196, 200:296]).save(path)
+    return path
+
+
+def test_pgm_holds_gray_and_ppm_colour(capsys, tmp_path: Path, photo_png: Path) -> None:
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "a"), "--ext", "pgm")
+    assert code == 2 and "--ext pgm holds grayscale images only" in err and not (tmp_path / "a").exists()
+    gray = tmp_path / "gray.png"
+    Image.open(photo_png).convert("L").crop((0, 0, 16, 12)).save(gray)
+    for ext, magic in (("pgm", b"P5"), ("ppm", b"P6")):
+        code, _, err = run_cli(capsys, "upscale", str(gray), "-o", str(tmp_path / ext), "--ext", ext)
+        assert code == 0, err
+        assert (tmp_path / ext / f"gray.{ext}").read_bytes()[:2] == magic  # the header the suffix promises
+
+
+def test_animated_images_use_the_first_frame_and_say_so(capsys, tmp_path: Path, sample_photo) -> None:
+    frames = [Image.fromarray(sample_photo[i * 20 : i * 20 + 16, :16]) for i in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    code, _, err = run_cli(
+        capsys, "upscale", str(gif), "-o", str(tmp_path / "o"), "--weights", "bicubic", "--scale", "2"
+    )
+    assert code == 0, err
+    assert "note: 1 input(s) have several frames (e.g. anim.gif: 3); only the first frame of each is upscaled" in err
+    first = np.asarray(Image.open(gif).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "anim.png")), imresize(first, 2.0))
+
+
 def test_bicubic_is_allowed_where_it_makes_sense(capsys, tmp_path: Path, photo_png: Path) -> None:
     code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "b"), "--weights", "bicubic")
     assert code == 2 and "needs --scale" in err
@@ -491,15 +787,16 @@ def test_bicubic_is_allowed_where_it_makes_sense(capsys, tmp_path: Path, photo_p
         assert code == 2 and "needs a network, not bicubic" in err
 
 
-def test_eval_says_which_layouts_it_looked_for(capsys) -> None:
-    set5 = benchmark_set("Set5")
-    code, _, err = run_cli(capsys, "eval", "--weights", "bicubic", "--scale", "5", "--data", str(set5))
+def test_eval_says_which_layouts_it_looked_for(capsys, tmp_path: Path) -> None:
+    for scale in (2, 3, 4):
+        make_benchmark(tmp_path / "Set", scale=scale, count=1, height=48, width=48)
+    code, _, err = run_cli(capsys, "eval", "--weights", "bicubic", "--scale", "5", "--data", str(tmp_path / "Set"))
     assert code == 2 and "no x5 data" in err and "x2, x3, x4" in err
 
 
 def test_ntire_layout_evaluates_like_the_plain_one(capsys, tmp_path: Path) -> None:
-    """A fake DIV2K_LSDIR folder (<name>_HR/NNNN.png + <name>_LR/NNNNx4.png) built from Set5's files."""
-    set5 = benchmark_set("Set5") / "x4"
+    """A fake DIV2K_LSDIR folder (<name>_HR/NNNN.png + <name>_LR/NNNNx4.png) built from a benchmark's files."""
+    set5 = make_benchmark(tmp_path / "Set", count=5, height=64, width=56) / "x4"
     kit = tmp_path / "kit"
     (kit / "DIV2K_LSDIR_valid_HR").mkdir(parents=True)
     (kit / "DIV2K_LSDIR_valid_LR").mkdir()

@@ -10,32 +10,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dsclora.cli import main
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.fs import sha256_file
 from dsclora.measure.metrics import psnr_y
+from dsclora.weights import registry
 from dsclora.weights.load import load
+from dsclora.weights.registry import embedded_weights
 from dsclora.weights.sources.spandrel import import_spandrel
-from support import benchmark_set, official_weight
+from support import lr_photos, make_benchmark, official_weight
 
 
 def real_lr(n: int = 2) -> list[torch.Tensor]:
-    files = sorted((benchmark_set("Set5") / "x4" / "LR").glob("*.png"))[:n]
-    return [to_tensor(np.asarray(Image.open(f).convert("RGB"))) for f in files]
+    """Real LR images of Set5's typical sizes: MATLAB-bicubic x1/4 photo crops."""
+    return lr_photos(n, 64, 76)
 
 
 def test_onnx_export_matches_torch_on_real_images(tmp_path: Path, capsys) -> None:
     ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
-    official_weight("dscf")
-    out = tmp_path / "dscf.onnx"
-    assert main(["export", "--weights", "dscf", "--format", "onnx", "-o", str(out)]) == 0
+    out = tmp_path / "dsclora.onnx"
+    assert main(["export", "--format", "onnx", "-o", str(out)]) == 0
     assert "ONNX Runtime vs torch" in capsys.readouterr().out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["scale"] == "4"
-    model = load(str(official_weight("dscf"))).module
+    model = load(str(embedded_weights())).module
     images = real_lr()
     batch = torch.cat([img[:, :, :60, :44] for img in images])  # dynamic batch and a non-square size
     for x in [*images, batch]:
@@ -47,10 +47,21 @@ def test_onnx_export_matches_torch_on_real_images(tmp_path: Path, capsys) -> Non
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["architecture"] == "span" and card["scale"] == 4 and card["size"] == ["26nf", "6nb"]
     assert card["resources"][0]["sha256"] == sha256_file(out) and card["resources"][0]["type"] == "onnx"
-    assert card["license"].startswith("MIT")  # from the registry entry of dscf
+    shipped = json.loads(embedded_weights().with_suffix(".json").read_text())
+    for key in ("license", "dataset", "teacher", "trainingIterations"):  # carried over from the weights' own card
+        assert card[key] == shipped[key], key
 
 
-def test_fp16_onnx_within_a_hundredth_of_a_db_on_set5(tmp_path: Path, capsys) -> None:
+def test_onnx_card_facts_come_from_the_registry_entry(tmp_path: Path) -> None:
+    official_weight("dscf")
+    out = tmp_path / "dscf.onnx"
+    assert main(["export", "--weights", "dscf", "--format", "onnx", "-o", str(out), "--no-simplify"]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    entry = registry.REGISTRY["dscf"]
+    assert (card["license"], card["source"], card["description"]) == (entry.license, entry.url, entry.description)
+
+
+def test_fp16_onnx_within_a_hundredth_of_a_db(tmp_path: Path, capsys) -> None:
     ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     fp32, fp16, static = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx", tmp_path / "static.onnx"
     assert main(["export", "--format", "onnx", "-o", str(fp32)]) == 0
@@ -60,7 +71,7 @@ def test_fp16_onnx_within_a_hundredth_of_a_db_on_set5(tmp_path: Path, capsys) ->
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size  # half-precision weights
     sessions = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, fp16)}
     changes = []
-    for pair in find_pairs(benchmark_set("Set5"), 4):
+    for pair in find_pairs(make_benchmark(tmp_path / "bench", count=5, height=128, width=112), 4):
         hr, lr = load_pair(pair, 4)
         x = to_tensor(lr).numpy()
         psnr = {p: psnr_y(to_uint8(to_array(torch.from_numpy(s.run(None, {"input": x})[0]))), hr, 4)
@@ -130,7 +141,7 @@ def test_ncnn_export_matches_torch(tmp_path: Path, capsys) -> None:
             assert (run_ncnn(param, weights, x) - model(x)).abs().max().item() <= 1e-4
     card = json.loads((tmp_path / "ncnn" / "model.json").read_text())
     assert [r["type"] for r in card["resources"]] == ["param", "bin"]
-    assert card["dataset"]  # the embedded model's card says what it was trained on
+    assert [r["sha256"] for r in card["resources"]] == [sha256_file(param), sha256_file(weights)]
 
 
 @pytest.mark.parametrize("suffix", ["pth", "safetensors"])
@@ -138,12 +149,11 @@ def test_spandrel_loads_our_export_and_gives_our_outputs(tmp_path: Path, suffix:
     spandrel = import_spandrel()
     if spandrel is None:
         pytest.skip("spandrel (the [spandrel] extra) is not installed")
-    official_weight("dscf")
-    out = tmp_path / f"dscf_spandrel.{suffix}"
-    assert main(["export", "--weights", "dscf", "--format", "spandrel", "-o", str(out)]) == 0
+    out = tmp_path / f"dsclora_spandrel.{suffix}"
+    assert main(["export", "--format", "spandrel", "-o", str(out)]) == 0
     descriptor = spandrel.ModelLoader().load_from_file(str(out))
     assert descriptor.architecture.id == "SPAN" and descriptor.scale == 4
-    ours = load(str(official_weight("dscf"))).module
+    ours = load(str(embedded_weights())).module
     for x in real_lr():
         with torch.no_grad():
             assert (descriptor.model.eval()(x) - ours(x)).abs().max().item() <= 1e-5

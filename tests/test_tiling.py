@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from PIL import Image
 
-from dsclora.data.images import to_tensor
 from dsclora.runtime.tiling import TiledUpscaler, tile_windows
 from dsclora.weights.load import load
-from support import benchmark_set
+from support import lr_photos
 
 
-def set5_lr() -> torch.Tensor:
-    return to_tensor(np.asarray(Image.open(next((benchmark_set("Set5") / "x4" / "LR").glob("*.png"))).convert("RGB")))
+def real_lr() -> torch.Tensor:
+    """A real LR image (a bicubic x1/4 photo crop) of Set5's typical size, 64 x 80."""
+    return lr_photos(1, 64, 80)[0]
 
 
 def test_tiled_equals_untiled_with_the_receptive_radius() -> None:
     loaded = load(None)  # the embedded model: no official weights needed
-    x = set5_lr()
+    x = real_lr()
     whole = TiledUpscaler(loaded.module, 4)(x)
     tiled = TiledUpscaler(loaded.module, 4, tile=24, overlap=loaded.receptive_radius)(x)
     assert loaded.receptive_radius == 21  # 3 per block x 6 blocks + conv_1, conv_2, upsampler
@@ -29,7 +27,7 @@ def test_tiled_equals_untiled_with_the_receptive_radius() -> None:
 
 def test_bicubic_tiles_exactly_with_its_radius() -> None:
     loaded = load("bicubic", scale=3)
-    x = set5_lr()[:, :, :50, :61]
+    x = real_lr()[:, :, :50, :61]
     whole = TiledUpscaler(loaded.module, 3)(x)
     tiled = TiledUpscaler(loaded.module, 3, tile=16, overlap=loaded.receptive_radius)(x)
     assert torch.equal(whole, tiled)

@@ -7,6 +7,8 @@ workspace data: these tests run in any clone.
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -30,8 +32,9 @@ from dsclora.train.logger import Logger
 from dsclora.train.loop import Trainer
 from dsclora.weights.checkpoints import read_checkpoint, read_train_state
 from dsclora.weights.load import load
+from dsclora.weights.registry import embedded_weights
 from dsclora.weights.sources.span import save
-from support import REPO
+from support import REPO, make_benchmark, photo_crops
 
 TINY_DSCLORA = REPO / "configs" / "dsclora_x4_tiny.yaml"
 TINY_ENS = REPO / "configs" / "dsclora_x4_ens_tiny.yaml"
@@ -194,6 +197,13 @@ def test_merge_cli_writes_deploy_model(tmp_path: Path, photo_folders, capsys) ->
     capsys.readouterr()
     assert main(["merge", str(out), str(tmp_path / "x.safetensors")]) == 2  # not a training checkpoint
     assert "not a dsclora training checkpoint" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "run" / "latest.pt"), str(out)]) == 2  # exists
+    assert f"{out} exists; add --overwrite" in capsys.readouterr().err
+    latest = str(tmp_path / "run" / "latest.pt")
+    assert main(["merge", latest, latest, "--overwrite"]) == 2  # its own input, whatever the flags
+    assert "would overwrite one of merge's inputs" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "run" / "latest.pt"), str(out), "--no-ema", "--overwrite"]) == 0
+    assert torch.equal(load(str(out)).module.conv_2.eval_conv.weight, load(str(raw)).module.conv_2.eval_conv.weight)
 
 
 def test_positions_split_evenly_across_ranks() -> None:
@@ -309,6 +319,15 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path, photo_folders) -
         ("loss.teacher_ensemble=4", "config key loss.teacher_ensemble"),
         ("data.train_lr=[/tmp]", "loss.rec must be 0"),
         ("model.teacher=span-ch29", "weights not found"),
+        ("optim.lr=.nan", "config key optim.lr: must be a finite number, got nan"),
+        ("optim.lr=.inf", "config key optim.lr: must be a finite number, got inf"),
+        ("loss.rec=.nan", "config key loss.rec: must be a finite number"),
+        ("optim.betas=[0.9,.inf]", "config key optim.betas[1]: must be a finite number"),
+        ("optim.grad_clip=-.inf", "config key optim.grad_clip: must be a finite number"),
+        ("run.threads=-1", "config key run.threads: must be >= 0, got -1"),
+        ("run.seed=-3", "config key run.seed: must be >= 0"),
+        ("model.lora.dropout=1.5", "config key model.lora.dropout: must be in [0, 1)"),
+        ("run.output=/proc/dsclora-test", "run.output /proc/dsclora-test: cannot write there"),
     ],
 )
 def test_bad_configs_give_one_line_error(tmp_path: Path, photo_folders, capsys, override: str, message: str) -> None:
@@ -316,6 +335,19 @@ def test_bad_configs_give_one_line_error(tmp_path: Path, photo_folders, capsys, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_what_is_not_a_recipe_or_a_run_folder_is_named(tmp_path: Path, photo_folders, capsys) -> None:
+    image = photo_folders[0] / "p00.png"
+    assert main(["train", str(image)]) == 2
+    assert f"{image}: not a YAML recipe (not UTF-8 text)" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    assert main(["train", str(tmp_path / "list.yaml")]) == 2
+    assert "not a recipe (a YAML mapping of sections), but a list" in capsys.readouterr().err
+    argv = ["train", str(TINY_DSCLORA), *overrides(photo_folders, image, "run.steps=1")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run.output {image} is a file, not a folder" in err
 
 
 def test_fp16_on_cpu_is_refused_before_any_work(tmp_path: Path, photo_folders, capsys) -> None:
@@ -378,5 +410,225 @@ def test_lr_only_images_are_used_as_they_are(photo_folders) -> None:
     # 128-pixel HR images give 32-pixel LR: a 33-pixel patch does not fit them, the 40x36 LR images still hold it
     images, skipped = training_images([str(hr)], [str(lr)], patch=33, scale=4)
     assert len(skipped) == 6 and all(not i.has_hr for i in images)
-    with pytest.raises(DscloraError, match="smaller than"):
+    with pytest.raises(DscloraError, match=r"too small for data\.patch 37"):
         training_images([str(hr)], [str(lr)], patch=37, scale=4)
+
+
+# ---------------------------------------------------------------------------------------- schedule and EMA by hand
+
+
+def test_lr_schedule_by_hand(tmp_path: Path, photo_folders) -> None:
+    from dsclora.train.config import OptimConfig
+    from dsclora.train.schedule import lr_factor
+
+    cosine = OptimConfig(lr=1e-3, warmup_steps=2, scheduler="cosine", min_lr=1e-5)  # floor 1e-5 / 1e-3 = 0.01
+    # warm-up (k + 1) / 2, then 0.01 + 0.99 · (1 + cos(π · (k - 2) / 8)) / 2 over the 8 remaining steps
+    expected = {0: 0.5, 1: 1.0, 2: 1.0, 4: 0.01 + 0.99 * (1 + 2**-0.5) / 2, 6: 0.505, 10: 0.01, 12: 0.01}
+    for step, factor in expected.items():
+        assert lr_factor(cosine, 10, step) == pytest.approx(factor, abs=1e-12), step
+    multistep = OptimConfig(scheduler="multistep", milestones=[3, 5], gamma=0.5)
+    assert [lr_factor(multistep, 10, k) for k in range(7)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25]
+    constant = OptimConfig(scheduler="constant", warmup_steps=4)
+    assert [lr_factor(constant, 10, k) for k in (0, 3, 4, 9)] == [0.25, 1.0, 1.0, 1.0]
+    # the trainer's optimiser really steps with these rates: step k uses lr · factor(k)
+    extra = ["run.steps=10", "optim.warmup_steps=2", "optim.min_lr=1e-5", "optim.lr=1e-3", "optim.ema_decay=0"]
+    trainer = Trainer(load_config(TINY_SPAN, overrides(photo_folders, tmp_path / "s", *extra)), quiet=True)
+    batch = fixed_batch(trainer.config, n=2)
+    used = []
+    for _ in range(5):
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.train_step(batch)
+    assert used == pytest.approx([1e-3 * lr_factor(cosine, 10, k) for k in range(5)], abs=1e-15)
+
+
+def test_ema_arithmetic_by_hand() -> None:
+    from dsclora.train.ema import EMA
+
+    model = torch.nn.Linear(1, 1)
+    model.register_buffer("count", torch.tensor(7))
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(-2.0)
+    model.bias.requires_grad_(False)  # a frozen tensor: its average stays itself
+    ema = EMA(model, decay=0.9)
+    for value, count in ((2.0, 8), (3.0, 9)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        model.count.fill_(count)
+        ema.update(model)
+    # 0.9 · 1 + 0.1 · 2 = 1.1, then 0.9 · 1.1 + 0.1 · 3 = 1.29
+    assert ema.state_dict()["weight"].item() == pytest.approx(1.29, abs=1e-6)
+    assert ema.state_dict()["bias"].item() == -2.0 and ema.state_dict()["count"].item() == 9  # ints are copied
+    other = EMA(model, decay=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.state_dict()["weight"].item() == pytest.approx(1.29, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- validation, resume
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path: Path, photo_folders) -> None:
+    from dsclora.measure.evaluate import evaluate_dataset
+
+    bench = make_benchmark(tmp_path / "val", count=2, height=64, width=64)
+    extra = [f"data.val=[{bench}]", "run.steps=6", "run.val_every=2", "run.checkpoint_every=6", "optim.lr=5e-3"]
+    config = load_config(TINY_SPAN, [*overrides(photo_folders, tmp_path / "run"), *extra])
+    summary = Trainer(config, quiet=True).run()
+    with open(tmp_path / "run" / "val.csv", newline="") as handle:
+        rows = [(int(r["step"]), float(r["psnr_y"])) for r in csv.DictReader(handle)]
+    assert [step for step, _ in rows] == [2, 4, 6]
+    best_step, best_psnr = max(rows, key=lambda row: row[1])
+    assert summary["best"]["step"] == best_step and summary["best"]["psnr_y"] == pytest.approx(best_psnr, abs=1e-9)
+    state = read_train_state(tmp_path / "run" / "best.pt")
+    assert state["step"] == best_step and state["best"]["step"] == best_step
+    model = load(str(tmp_path / "run" / "best.pt")).module  # its EMA weights, as validation ran them
+    again = evaluate_dataset(model.eval(), bench, 4, progress=False)
+    assert again["psnr_y"] == pytest.approx(best_psnr, abs=1e-6)
+    assert summary["final_val"]["psnr_y"] == pytest.approx(rows[-1][1], abs=1e-9)
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path: Path, photo_folders) -> None:
+    base = overrides(photo_folders, tmp_path / "run", "run.steps=2", "run.checkpoint_every=2")
+    Trainer(load_config(TINY_SPAN, base), quiet=True).run()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    for change, key in (("optim.lr=2e-3", "optim.lr"), ("data.patch=20", "data.patch"), ("loss.rec=0.5", "loss.rec")):
+        with pytest.raises(DscloraError, match=f"--resume: config key {key} differs"):
+            Trainer(load_config(TINY_SPAN, [*base, change]), resume=True, quiet=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # nothing touched
+    resumed = Trainer(load_config(TINY_SPAN, [*base, "run.steps=3"]), resume=True, quiet=True)  # longer: allowed
+    assert resumed.step == 2 and resumed.run()["steps"] == 3
+
+
+# ---------------------------------------------------------------------------------------- outputs and failures
+
+
+def test_run_output_never_replaces_the_recipes_inputs(tmp_path: Path, photo_folders, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    base = run / "final.safetensors"  # the base is kept where the run would write its merged model
+    base.write_bytes(embedded_weights().read_bytes())
+    original = base.read_bytes()
+    argv = ["train", str(TINY_DSCLORA), *overrides(photo_folders, run, "run.steps=1"), f"model.base={base}"]
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert main([*argv, *flags]) == 2
+        err = capsys.readouterr().err
+        assert "would overwrite one of train's inputs" in err or "no checkpoint" in err, err
+    teacher = ["train", str(TINY_DSCLORA), *overrides(photo_folders, run, "run.steps=1"), f"model.teacher={base}"]
+    assert main([*teacher, "--overwrite"]) == 2 and "train's inputs" in capsys.readouterr().err
+    assert base.read_bytes() == original and sorted(p.name for p in run.iterdir()) == ["final.safetensors"]
+
+
+def test_an_earlier_runs_files_need_overwrite(tmp_path: Path, photo_folders, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_text("an earlier run's")
+    (run / "notes.txt").write_text("mine")
+    argv = ["train", str(TINY_SPAN), *overrides(photo_folders, run, "run.steps=2", "run.checkpoint_every=2")]
+    assert main(argv) == 2
+    assert "best.pt exists; add --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--quiet", "--overwrite"]) == 0
+    assert not (run / "best.pt").exists()  # no file of the earlier run is mixed into the new one
+    assert (run / "notes.txt").read_text() == "mine" and (run / "final.safetensors").is_file()
+    assert main(argv) == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_nothing_and_writes_strict_json(tmp_path: Path, photo_folders, capsys) -> None:
+    argv = ["train", str(TINY_SPAN), *overrides(photo_folders, tmp_path / "new", "run.steps=1"), "data.patch=40"]
+    assert main(argv) == 2  # 128-pixel images hold no 40-pixel LR patch at x4: found once the run starts
+    assert "patch x scale = 160 pixels" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    argv = ["train", str(TINY_SPAN), *overrides(photo_folders, kept, "run.steps=1"), "data.patch=40"]
+    assert main(argv) == 2
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]  # no config.json, no log
+    assert main([*argv[:-1], "--quiet"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    summary = json.loads((kept / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["best"] is None and summary["final_val"] is None  # never validated: no -Infinity
+    json.loads((kept / "config.json").read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize(("side", "taken"), [(64, True), (63, False)])
+def test_an_hr_image_needs_patch_times_scale_pixels(tmp_path: Path, side: int, taken: bool) -> None:
+    """LR = floor(side / 4) pixels: a 16-pixel patch at x4 fits a 64-pixel HR image, not a 63-pixel one."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    Image.fromarray(photo_crops(1, side, side)[0]).save(folder / "a.png")
+    if taken:
+        images, skipped = training_images([str(folder)], [], patch=16, scale=4)
+        dataset = PatchDataset(images, 4, 16, seed=0)
+        assert dataset[0]["lr"].shape == (3, 16, 16) and dataset[0]["hr"].shape == (3, 64, 64) and not skipped
+    else:
+        with pytest.raises(DscloraError, match=r"patch x scale = 64 pixels a side"):
+            training_images([str(folder)], [], patch=16, scale=4)
+
+
+def test_no_progress_bar_is_drawn_into_a_log(tmp_path: Path, photo_folders, capsys) -> None:
+    """stderr is not a terminal here (as when it goes to a log): messages yes, bars (\\r, rates) no."""
+    config = load_config(TINY_ENS, ens_overrides(photo_folders, tmp_path / "ens", "run.steps=2"))
+    Trainer(config, quiet=False).run()
+    written = "".join(capsys.readouterr())
+    assert "dsclora_x4_ens_tiny: span x4, " in written  # the start message is written
+    assert "\r" not in written and "teacher targets" not in written
+    assert not any(rate in written for rate in ("step/s", "s/step", "img/s", "s/img", "it/s", "s/it"))
+
+
+def test_a_full_disk_stops_training_in_one_line(tmp_path: Path, photo_folders, capsys, monkeypatch) -> None:
+    """torch.save reports a full disk as a RuntimeError ("unexpected pos ..."): the free space tells."""
+    real_save = torch.save
+
+    def save_until_full(obj, f, *args, **kwargs):
+        real_save({"part": torch.zeros(10)}, f)  # some bytes reach the temporary file, then the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    statvfs = os.statvfs
+
+    def full_disk(path):
+        real = statvfs(path)
+        return os.statvfs_result((*real[:4], 0, *real[5:]))  # f_bavail = 0
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    monkeypatch.setattr(os, "statvfs", full_disk)
+    out = tmp_path / "run"
+    argv = ["train", str(TINY_SPAN), *overrides(photo_folders, out, "run.steps=2", "run.checkpoint_every=1")]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"dsclora: error: no space left on device for {out}: latest.pt was not written (free some space and run again)\n"
+    )
+    assert not out.exists()  # failed before its first checkpoint: nothing left, no half-written latest.pt
+
+
+def test_a_log_row_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    from dsclora.fs import NoSpaceError
+
+    logger = Logger(tmp_path, tensorboard=False, resume_step=None)
+    logger.log("train", {"step": 1, "loss": 0.5})
+    handle = logger.files["train"][0]
+
+    class FillsUp:  # writes 3 bytes of the row, then the disk is full
+        name = handle.name
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def fileno(self) -> int:
+            return handle.fileno()
+
+        def write(self, data) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                return os.write(handle.fileno(), bytes(data[:3]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    logger.files["train"] = (FillsUp(), *logger.files["train"][1:])
+    with pytest.raises(NoSpaceError, match=f"no space left on device for {tmp_path}"):
+        logger.log("train", {"step": 2, "loss": 0.25})
+    assert (tmp_path / "train.csv").read_bytes() == b"step,loss\r\n1,0.5\r\n"
+    handle.close()

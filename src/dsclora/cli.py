@@ -9,12 +9,14 @@ a partial file.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 
 from dsclora.errors import DscloraError
+from dsclora.fs import no_space
 from dsclora.version import __version__
 
 EXIT_USAGE = 2
@@ -57,8 +59,26 @@ def _scale(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def _tile(text: str) -> int | None:
     return None if text == "auto" else _int_at_least(0)(text)
+
+
+def _overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} if it exists (default: refuse); an input is never replaced",
+    )
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -148,13 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--weights", default=None, help=WEIGHTS_HELP + ", or bicubic (needs --scale); default: default")
     up.add_argument("--scale", type=_scale, default=None, help="upscaling factor; only needed for --weights bicubic")
     up.add_argument("--ext", default="png", help="output format by file suffix: png (default), jpg, webp, tif, bmp")
-    up.add_argument("--suffix", default="", help="added to every output's name, e.g. _x4 (default: none)")
+    up.add_argument(
+        "--suffix", default="", help="added to every output's name, e.g. _x4 (default: none; no '/' or '..')"
+    )
     up.add_argument("--recursive", action="store_true", help="also take images in sub-folders, mirroring the tree")
     existing = up.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     existing.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist, do the rest")
     up.add_argument(
-        "--max-pixels", type=_int_at_least(1), default=None, help="refuse inputs larger than this (default 16384²)"
+        "--max-pixels",
+        type=_int_at_least(1),
+        default=None,
+        help="refuse inputs with more pixels than this (default 16384²); raises Pillow's own bomb limit to match",
     )
     _runtime_options(up)
     up.set_defaults(func="upscale")
@@ -176,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--scale", type=_scale, default=None, help="upscaling factor (default: the model's)")
     ev.add_argument("--json", default=None, metavar="FILE", help="also write means and per-image rows as JSON")
+    _overwrite_option(ev, "the --json file")
     _runtime_options(ev)
     ev.set_defaults(func="evaluate")
 
@@ -198,12 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", default=None, metavar="DIR", help="with --ntire: the validation set (e.g. DIV2K_LSDIR)")
     pr.add_argument(
         "--efdn-ms",
-        type=float,
+        type=_positive_float,
         default=None,
         metavar="MS",
         help="with --ntire: EFDN's runtime on this device (the score's time term needs it; default: not scored)",
     )
     pr.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    _overwrite_option(pr, "the --json file")
     _runtime_options(pr, tiling=False)
     pr.set_defaults(func="profile")
 
@@ -225,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument(
         "--format", default=None, choices=["safetensors", "pth"], help="must agree with OUT's suffix (default: from it)"
     )
+    _overwrite_option(cv, "OUT")
     cv.set_defaults(func="convert")
 
     tr = sub.add_parser(
@@ -237,7 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides in YAML syntax, e.g. optim.lr=1e-4"
     )
-    tr.add_argument("--resume", action="store_true", help="continue from <run.output>/latest.pt")
+    fresh = tr.add_mutually_exclusive_group()
+    fresh.add_argument("--resume", action="store_true", help="continue from <run.output>/latest.pt")
+    fresh.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run.output that holds an earlier run's files, replacing them (default: refuse); "
+        "the recipe's own inputs (model.base / init / teacher, data) are never replaced",
+    )
     tr.add_argument("--print-config", action="store_true", help="print the resolved recipe with every key's meaning")
     tr.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     tr.set_defaults(func="train")
@@ -251,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("checkpoint", metavar="TRAIN_CKPT", help="latest.pt or best.pt written by `dsclora train`")
     mg.add_argument("output", metavar="OUT", help="deploy model to write (.safetensors or .pth)")
     mg.add_argument("--no-ema", action="store_true", help="merge the raw weights instead of the EMA weights")
+    _overwrite_option(mg, "OUT")
     mg.set_defaults(func="merge")
 
     dm = sub.add_parser(
@@ -303,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--team", type=_int_at_least(0), default=None, help="ntire: team number (the NN of teamNN_Name)")
     ex.add_argument("--name", default=None, help="ntire: model name (a Python identifier: the class and file name)")
     ex.add_argument("--no-card", action="store_true", help="do not write the JSON card beside the export")
+    _overwrite_option(ex, "the exported files and their card")
     ex.add_argument(
         "--check-image", default=None, metavar="PATH", help="image the export is checked on (default: a sample photo)"
     )
@@ -352,6 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dsclora: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
+        written = str(getattr(exc, "filename", None) or "")
+        if isinstance(exc, OSError) and (
+            full := no_space(exc, os.path.dirname(written) or ".", os.path.basename(written) or None)
+        ):
+            # a full disk under a write that is not atomic_write's (a log row, a folder being made)
+            print(f"dsclora: error: {full}", file=sys.stderr)
+            return EXIT_USAGE
         if os.environ.get("DSCLORA_DEBUG"):
             raise
         print(

@@ -5,7 +5,6 @@ the package per stage. Every function takes the parsed ``argparse.Namespace`` an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -59,9 +58,19 @@ def _tile_overlap(args: argparse.Namespace, loaded) -> int:
     return radius
 
 
+def _bytes_per_pixel(loaded) -> float:
+    """Estimated peak memory of one untiled forward per LR pixel, from the network's conv activations per pixel
+    (one forward of a small probe)."""
+    from dsclora.measure.profiling import conv_statistics
+    from dsclora.runtime.upscale import forward_bytes_per_pixel
+
+    side = max(64 // loaded.size_multiple, 1) * loaded.size_multiple
+    activations = conv_statistics(loaded.runnable(), (1, loaded.in_channels, side, side))["activations"]
+    return forward_bytes_per_pixel(activations / side**2, loaded.scale)
+
+
 def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, int]]):
     """The loaded model as a ``TiledUpscaler``: back-end resolved (``auto`` in autotune), tile chosen, both printed."""
-    from dsclora.measure.profiling import conv_statistics
     from dsclora.models.ensemble import SelfEnsemble
     from dsclora.runtime.autotune import resolve_backend
     from dsclora.runtime.backends import make_runner
@@ -72,12 +81,10 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
     if loaded.arch == BICUBIC:  # runs as it is
         return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, args.tile_overlap or loaded.receptive_radius)
     tile = args.tile or 0
-    if args.tile is None and sizes:  # auto: from the network's activations per pixel, measured on a small probe
-        probe = 64 // loaded.size_multiple * loaded.size_multiple or loaded.size_multiple
-        per_pixel = conv_statistics(loaded.runnable(), (1, loaded.in_channels, probe, probe))["activations"] / probe**2
+    if args.tile is None and sizes:
         budget = args.memory_budget * 2**20
         overlap = args.tile_overlap or loaded.receptive_radius or DEFAULT_OVERLAP
-        tile = auto_tile(sizes, per_pixel, loaded.scale, overlap, budget)
+        tile = auto_tile(sizes, _bytes_per_pixel(loaded), overlap, budget)
         if tile:
             print(f"tile: {tile} (auto: a whole image would need more than {args.memory_budget} MiB)", file=sys.stderr)
     overlap = _tile_overlap(args, loaded) if tile else 0
@@ -97,10 +104,10 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
 
 
 def upscale(args: argparse.Namespace) -> int:
-    from dsclora.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_size
+    from dsclora.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
     from dsclora.fs import check_output_folder
     from dsclora.runtime import upscale as pipeline
-    from dsclora.weights.load import load
+    from dsclora.weights.load import input_files, load
 
     ext = "." + args.ext.lower().lstrip(".")
     if ext not in IMAGE_SUFFIXES:
@@ -108,7 +115,7 @@ def upscale(args: argparse.Namespace) -> int:
     device = _check_runtime(args)
     outdir = check_output_folder(args.output, "-o")
     existing = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"
-    plan = pipeline.plan(args.inputs, outdir, ext, args.suffix, args.recursive, existing)
+    plan = pipeline.plan(args.inputs, outdir, ext, args.suffix, args.recursive, existing, input_files(args.weights))
     if plan.ignored_in_subfolders:
         print(
             f"note: {plan.ignored_in_subfolders} image(s) in sub-folders not taken (add --recursive)", file=sys.stderr
@@ -119,32 +126,32 @@ def upscale(args: argparse.Namespace) -> int:
         print("nothing to do: every output exists")
         return 0
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    sizes = [image_size(src, max_pixels) for src, _ in plan.jobs]  # every input's header, before the model
+    sizes = [(i.height, i.width) for i in pipeline.verify_inputs(plan.jobs, max_pixels)]  # before the model
     loaded = load(args.weights, device, args.scale)
     upscaler = _upscaler(args, loaded, device, sizes)
     failures = pipeline.run(plan.jobs, upscaler, device, max_pixels, _progress())
     done = len(plan.jobs) - failures
     if done:
         print(f"wrote {done} image(s) to {outdir} (x{loaded.scale})")
+    if failures:
+        print(f"dsclora: {failures} of {len(plan.jobs)} image(s) failed, each named above", file=sys.stderr)
     return EXIT_FAILED if failures else 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from dsclora.data.benchmark import find_pairs
-    from dsclora.fs import atomic_write, check_output_file
-    from dsclora.measure.evaluate import evaluate_dataset
-    from dsclora.weights.load import load
+    from dsclora.fs import check_outputs, write_json
+    from dsclora.measure.evaluate import check_dataset, evaluate_dataset
+    from dsclora.weights.load import input_files, load
 
     for root in args.data:
         if not Path(root).is_dir():
             raise DscloraError(f"--data {root}: folder not found")
-    if args.json:
-        check_output_file(args.json, "--json")
-        _refuse_overwriting_inputs("eval", [Path(args.json)], args.weights)
+    inputs = [*args.data, *input_files(args.weights)]
+    check_outputs("eval", [args.json] if args.json else [], inputs, args.overwrite, what="--json")
     device = _check_runtime(args)
     loaded = load(args.weights, device, args.scale)
-    for root in args.data:  # every folder's layout checked before the first image is computed
-        find_pairs(root, loaded.scale)
+    for root in args.data:  # every pair decoded and its sizes checked before the first image is computed
+        check_dataset(root, loaded.scale)
     upscaler = _upscaler(args, loaded, device, [])
     results = [evaluate_dataset(upscaler, root, loaded.scale, device, _progress()) for root in args.data]
     print(f"weights: {loaded.label}   scale: x{loaded.scale}   (Y: BT.601, border {loaded.scale}; RGB PSNR as NTIRE)")
@@ -154,32 +161,38 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"weights": loaded.label, "scale": loaded.scale, "precision": args.precision}
         payload |= {"self_ensemble": args.self_ensemble, "datasets": results}
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(payload, indent=2))
+        write_json(args.json, payload)
     return 0
 
 
 def profile(args: argparse.Namespace) -> int:
     import torch
 
-    from dsclora.fs import atomic_write, check_output_file
+    from dsclora.fs import check_outputs, write_json
+    from dsclora.measure.evaluate import check_dataset
     from dsclora.measure.profiling import ntire_report, profile
     from dsclora.runtime.autotune import resolve_backend
     from dsclora.runtime.backends import make_runner
-    from dsclora.weights.load import load
+    from dsclora.runtime.upscale import check_forward_memory
+    from dsclora.weights.load import input_files, load
 
     if args.ntire and not args.data:
         raise DscloraError("--ntire needs --data: the validation set whose PSNR and runtime it reports")
+    for flag, value in (("--data", args.data), ("--efdn-ms", args.efdn_ms)):
+        if value is not None and not args.ntire:
+            raise DscloraError(f"{flag} is used by --ntire only; add --ntire or leave {flag} out")
     if args.data and not Path(args.data).is_dir():
         raise DscloraError(f"--data {args.data}: folder not found")
-    if args.json:
-        check_output_file(args.json, "--json")
-        _refuse_overwriting_inputs("profile", [Path(args.json)], args.weights)
+    inputs = [*([args.data] if args.data else []), *input_files(args.weights)]
+    check_outputs("profile", [args.json] if args.json else [], inputs, args.overwrite, what="--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _check_runtime(args)
     loaded = load(args.weights, device, network=True)
     h, w = args.size
+    check_forward_memory(h, w, _bytes_per_pixel(loaded), device, "--size")
+    if args.ntire:
+        check_dataset(args.data, loaded.scale)
     choice = resolve_backend(loaded, args.backend, device, args.precision, {(h, w): args.warmup + args.runs})
     runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
     print(f"backend: {choice.label}, precision {args.precision}", file=sys.stderr)
@@ -211,32 +224,39 @@ def profile(args: argparse.Namespace) -> int:
             f"score vs EFDN {score}"
         )
     if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
     return 0
 
 
-def _convert(source: str, output: str, form: str, file_format: str | None, prefer_ema: bool = True) -> int:
-    """The one checked conversion behind ``convert`` and ``merge``: merged (or SPAN's training form) in the
-    source architecture's own format."""
-    from dsclora.fs import check_output_file
+def _convert(
+    command: str,
+    source: str,
+    output: str,
+    form: str,
+    file_format: str | None,
+    overwrite: bool,
+    prefer_ema: bool = True,
+    training_only: bool = False,
+) -> int:
+    """The one checked conversion behind ``convert`` and ``merge`` (``training_only``: a training checkpoint):
+    merged, or SPAN's training form, in the source architecture's own format."""
+    from dsclora.fs import check_outputs
     from dsclora.models.checks import check_same_function, checked_merge
-    from dsclora.weights.checkpoints import file_format_of
+    from dsclora.weights.checkpoints import file_format_of, read_train_state
     from dsclora.weights.load import load, network_file
 
     file_format_of(output, file_format)
     path = network_file(source)
-    check_output_file(output)
-    if Path(output).resolve() == path.resolve():
-        raise DscloraError(f"{output} is the input; write the result to another file")
+    check_outputs(command, [output], [path, path.with_suffix(".json")], overwrite, what="OUT")
+    if training_only:
+        read_train_state(path)  # refuses anything but a training checkpoint
     loaded = load(source, prefer_ema=prefer_ema, merged=False)
     merged, diff = checked_merge(loaded.module, loaded.runnable)
     if form == "train":
         if loaded.hooks.train_form is None:
             raise DscloraError(f"--to train: {loaded.arch} has no re-parameterisable training form")
-        diff = check_same_function(
-            loaded.runnable(merged), loaded.runnable(loaded.hooks.train_form(merged)), "training form"
-        )
+        trained = loaded.hooks.train_form(merged)
+        diff = check_same_function(loaded.runnable(merged), loaded.runnable(trained), "training form")
     files = loaded.saver(merged, Path(output), train_form=form == "train")
     print(
         f"wrote {', '.join(map(str, files))}: {loaded.arch} {form} form, x{loaded.scale} "
@@ -246,14 +266,13 @@ def _convert(source: str, output: str, form: str, file_format: str | None, prefe
 
 
 def convert(args: argparse.Namespace) -> int:
-    return _convert(args.input, args.output, args.to, args.format)
+    return _convert("convert", args.input, args.output, args.to, args.format, args.overwrite)
 
 
 def merge(args: argparse.Namespace) -> int:
-    from dsclora.weights.checkpoints import read_train_state
-
-    read_train_state(args.checkpoint)  # refuses anything but a training checkpoint
-    return _convert(args.checkpoint, args.output, "deploy", None, prefer_ema=not args.no_ema)
+    return _convert(
+        "merge", args.checkpoint, args.output, "deploy", None, args.overwrite, not args.no_ema, training_only=True
+    )
 
 
 def train(args: argparse.Namespace) -> int:
@@ -265,7 +284,7 @@ def train(args: argparse.Namespace) -> int:
         return 0
     from dsclora.train.loop import Trainer
 
-    summary = Trainer(config, resume=args.resume, quiet=args.quiet).run()
+    summary = Trainer(config, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite).run()
     if "final_model" in summary and not args.quiet:
         print(f"wrote {summary['final_model']} (merge max abs diff {summary['merge_max_abs_diff']:.1e})")
     return 0
@@ -300,26 +319,12 @@ def _export_files(args: argparse.Namespace) -> list[Path]:
     return files if args.no_card else [*files, files[0].with_suffix(".json")]
 
 
-def _refuse_overwriting_inputs(command: str, outputs: list[Path], weights: str | None, others: tuple = ()) -> None:
-    """A command never writes over what it reads: the weights, their JSON card (``X.json`` beside ``X.pth``),
-    and any ``others`` (export's check image). Asked before anything is loaded."""
-    from dsclora.weights.load import BICUBIC, network_file
-
-    inputs = {Path(p).resolve() for p in others}
-    if weights != BICUBIC:
-        path = network_file(weights)
-        inputs |= {path.resolve(), path.with_suffix(".json").resolve()}
-    for path in outputs:
-        if Path(path).resolve() in inputs:
-            raise DscloraError(f"{path} is one of {command}'s inputs; write it elsewhere")
-
-
 def export(args: argparse.Namespace) -> int:
     from dsclora.data.images import check_image
     from dsclora.export.card import write_card
-    from dsclora.fs import check_output_file, check_output_folder
+    from dsclora.fs import check_output_folder, check_outputs
     from dsclora.weights.checkpoints import file_format_of
-    from dsclora.weights.load import load
+    from dsclora.weights.load import input_files, load
 
     fmt = args.format
     onnx_only = {"--precision": args.precision != "fp32", "--io": args.io != "fp32", "--static": args.static}
@@ -333,21 +338,20 @@ def export(args: argparse.Namespace) -> int:
 
         ntire_stem(args.team, args.name)
         check_output_folder(args.output, "-o")
-    else:
-        check_output_file(args.output, "-o")
+    inputs = [*input_files(args.weights), *([args.check_image] if args.check_image else [])]
+    check_outputs("export", _export_files(args), inputs, args.overwrite, what="-o")
     if fmt in ("spandrel", "safetensors"):
         file_format_of(args.output, "safetensors" if fmt == "safetensors" else None)
     if fmt == "onnx" and Path(args.output).suffix.lower() != ".onnx":
         raise DscloraError(f"-o {args.output}: an ONNX file should end in .onnx")
-    _refuse_overwriting_inputs(
-        "export", _export_files(args), args.weights, (args.check_image,) if args.check_image else ()
-    )
+    if fmt == "onnx":
+        from dsclora.export.onnx import OnnxOptions, check_options, export_onnx
+
+        options = OnnxOptions(args.opset, args.precision, args.io, args.static, simplify=not args.no_simplify)
+        check_options(options)
     probe = check_image(args.check_image)
     loaded = load(args.weights, network=True)
     if fmt == "onnx":
-        from dsclora.export.onnx import OnnxOptions, export_onnx
-
-        options = OnnxOptions(args.opset, args.precision, args.io, args.static, simplify=not args.no_simplify)
         metadata = {"scale": loaded.scale, "architecture": loaded.arch, "source": loaded.label}
         metadata |= {"exported_by": f"dsclora {__version__}"}
         diff = export_onnx(loaded, args.output, probe, options, metadata)

@@ -1,7 +1,8 @@
-"""``--device``: a name (or ``auto``) to a ``torch.device`` that exists on this machine."""
+"""``--device``: a name (or ``auto``) to a ``torch.device`` that exists on this machine, and what it has."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -70,3 +71,20 @@ def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> 
     info = _cpu_info(cpuinfo) or {}
     features = set((info.get("flags", "") + " " + info.get("Features", "")).split())  # x86 flags, Arm Features
     return bool(features & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def available_memory(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes a new allocation on ``device`` can still get: free CUDA memory, or the kernel's MemAvailable
+    (page cache it can drop included); None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

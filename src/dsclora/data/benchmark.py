@@ -24,7 +24,7 @@ from PIL import Image
 from dsclora.data.images import list_images, read_uint8_rgb
 from dsclora.data.imresize import imresize
 from dsclora.errors import DscloraError
-from dsclora.fs import atomic_write, user_cache_dir
+from dsclora.fs import NoSpaceError, atomic_write, user_cache_dir
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ def bicubic_lr(hr_path: Path, scale: int, cache: Path | None = None) -> np.ndarr
     try:
         with atomic_write(cached) as tmp:
             Image.fromarray(lr).save(tmp)
-    except OSError:
-        pass  # a read-only cache only costs time
+    except (OSError, NoSpaceError):
+        pass  # a read-only or full cache only costs time
     return lr
 
 

@@ -8,13 +8,16 @@
 | RGBA / LA / palette with transparency | RGB (colour) | colour from the model; alpha upscaled with MATLAB bicubic and re-attached (formats without alpha, e.g. JPEG, drop it) |
 | palette without transparency, CMYK, YCbCr, ... | converted to RGB | RGB 8-bit |
 | EXIF orientation | applied before processing | upright |
+| animated GIF / WebP / APNG, multi-page TIFF | the first frame only (``upscale`` says so) | one still image |
 
 | RGB / RGBA 16-bit PNG | full 16-bit precision (with ``pypng``, the ``[png16]`` extra) | RGB / RGBA 16-bit PNG |
 
 Pillow reads 16-bit-per-channel *colour* images at 8-bit precision; for PNG the small pure-Python ``pypng``
 reads and writes them at 16 bits (without it they are processed at 8 bits, and a 16-bit PNG output can't be made).
-Images larger than ``max_pixels`` are refused before they are decoded (decompression bombs). Every write
-goes to a temporary file renamed into place, so an error never leaves a half-written image.
+Images larger than ``max_pixels`` are refused before they are decoded (decompression bombs); Pillow's own
+bomb limit is raised to match, so ``max_pixels`` is the one limit. PGM holds gray only and PPM colour only: a
+colour image is refused for ``.pgm`` and a grayscale one is written as RGB to ``.ppm``. Every write goes to a
+temporary file renamed into place, so an error never leaves a half-written image.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dsclora.errors import DscloraError
-from dsclora.fs import atomic_write
+from dsclora.fs import atomic_write, unreadable
 
 DEFAULT_MAX_PIXELS = 16384 * 16384
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".tga")
@@ -47,26 +50,42 @@ class LoadedImage:
     bits: int = 8
 
 
+def _allow_pillow(max_pixels: int) -> None:
+    """Raise Pillow's own decompression-bomb limit to ``max_pixels`` (never lower it): our limit is the one
+    that refuses, with a message naming it, and a larger ``--max-pixels`` must really let larger images in."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _too_large(path: Path, pixels: str, max_pixels: int) -> DscloraError:
+    return DscloraError(
+        f"image too large: {path} has {pixels} pixels, over the limit of {max_pixels} "
+        "(upscale's --max-pixels raises it)"
+    )
+
+
 def _open_header(path: Path, max_pixels: int) -> Image.Image:
     """The image opened lazily (header read, pixels not decoded), or a one-line error saying why not."""
-    if not path.is_file():
-        raise DscloraError(f"no such file: {path}")
+    problem = unreadable(path)
+    if problem:
+        raise DscloraError(problem)
     if path.stat().st_size == 0:
         raise DscloraError(f"empty file (0 bytes): {path}")
+    _allow_pillow(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            raise DscloraError(f"not an image (or a format Pillow cannot read): {path}") from None
-        raise DscloraError(f"image too large to decode safely: {path}") from None
+    except UnidentifiedImageError:
+        raise DscloraError(f"not an image (or a format Pillow cannot read): {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(path, "more than", max_pixels) from None  # only above a limit below ours
     except OSError as exc:
         raise DscloraError(f"cannot read {path}: {exc}") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
-        raise DscloraError(f"image too large: {path} is {w}x{h} ({w * h} pixels > limit {max_pixels})")
+        raise _too_large(path, f"{w}x{h} = {w * h}", max_pixels)
     return img
 
 
@@ -200,6 +219,8 @@ def write_image(path: str | os.PathLike, image: LoadedImage, quality: int = 95) 
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise DscloraError(f"unsupported output format {suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})")
+    if suffix == ".pgm" and not image.grayscale:
+        raise DscloraError(f"{path}: PGM holds grayscale images only; write colour as .ppm or .png")
     keep_alpha = image.alpha is not None and suffix in _ALPHA_FORMATS
     if image.bits == 16 and not image.grayscale and suffix == ".png" and _write_deep_png(path, image, keep_alpha):
         return
@@ -215,6 +236,8 @@ def write_image(path: str | os.PathLike, image: LoadedImage, quality: int = 95) 
         pil = Image.fromarray(to_uint8(image.rgb))
         if keep_alpha:
             pil = Image.merge("RGBA", (*pil.split(), Image.fromarray(to_uint8(image.alpha))))
+    if suffix == ".ppm" and pil.mode != "RGB":
+        pil = pil.convert("RGB")  # Pillow would write a gray image as PGM data under the .ppm name
     options = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
     try:
         with atomic_write(path) as tmp:
@@ -241,16 +264,45 @@ def _write_deep_png(path: Path, image: LoadedImage, keep_alpha: bool) -> bool:
     return True
 
 
-def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) as ``read_image`` will see it (EXIF rotation applied), from the header only: an input
-    that is no image or too large is refused before any work (a corrupt body shows only when decoded)."""
-    with _open_header(Path(path), max_pixels) as img:
-        w, h = img.size
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a fully decoded file tells before any work: its size as ``read_image`` sees it, and its kind."""
+
+    height: int
+    width: int
+    grayscale: bool  # the output of a grayscale input is grayscale (see the policy table)
+    frames: int  # animated GIF / WebP / APNG, multi-page TIFF: only the first frame is read
+    rotated: bool = False  # EXIF swaps the axes: ``read_uint8_rgb`` (benchmarks, training) sees them unswapped
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(height, width) as stored, without EXIF rotation: what ``read_uint8_rgb`` returns."""
+        return (self.width, self.height) if self.rotated else (self.height, self.width)
+
+
+def _info(img: Image.Image) -> ImageInfo:
+    w, h = img.size
+    try:
+        rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
+    except (OSError, ValueError, SyntaxError):
+        rotated = False  # unreadable EXIF: reading the image reports it
+    grayscale = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    return ImageInfo(w, h, grayscale, frames, True) if rotated else ImageInfo(h, w, grayscale, frames)
+
+
+def verify_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Decode the (first frame of the) image once, keeping nothing: a truncated or corrupt body is found here,
+    before any model is loaded, as a one-line error naming the file. Costs one decode: milliseconds per
+    megapixel, against seconds per megapixel for the network."""
+    path = Path(path)
+    with _open_header(path, max_pixels) as img:
+        info = _info(img)
         try:
-            rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the axes
-        except (OSError, ValueError, SyntaxError):
-            rotated = False  # unreadable EXIF: reading the image reports it
-    return (w, h) if rotated else (h, w)
+            img.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise DscloraError(f"cannot decode {path} (truncated or corrupt): {exc}") from None
+    return info
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -50,7 +50,7 @@ def _size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DscloraError(f"training image unreadable: {path} ({exc})") from None
 
 
@@ -60,11 +60,12 @@ def training_images(
     """(usable images, files skipped because they cannot hold a ``patch``-sized LR crop).
 
     Sizes come from the image headers only; a file Pillow cannot identify is an error naming it. An HR image
-    needs ``patch · scale + scale - 1`` pixels a side (the mod-crop may take up to ``scale - 1``).
+    needs ``patch · scale`` pixels a side: its LR image is ``floor(side / scale)`` pixels (the mod-crop takes
+    ``side mod scale``), which holds a ``patch``-pixel crop exactly when ``side >= patch · scale``.
     """
     images: list[TrainImage] = []
     skipped: list[Path] = []
-    for folders, has_hr, need in ((hr_folders, True, patch * scale + scale - 1), (lr_folders, False, patch)):
+    for folders, has_hr, need in ((hr_folders, True, patch * scale), (lr_folders, False, patch)):
         for folder in folders:
             for path in _image_files(folder):
                 if min(_size(path)) >= need:
@@ -72,7 +73,11 @@ def training_images(
                 else:
                     skipped.append(path)
     if not images:
-        raise DscloraError(f"every training image is smaller than a {patch}-pixel LR patch; lower data.patch")
+        raise DscloraError(
+            f"every training image is too small for data.patch {patch}: an LR patch of {patch} pixels needs HR "
+            f"images of at least patch x scale = {patch * scale} pixels a side (LR-only images: {patch}); "
+            "lower data.patch"
+        )
     return images, skipped
 
 

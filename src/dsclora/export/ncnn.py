@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
+from dsclora.fs import NEARLY_FULL_BYTES, free_bytes, nearly_full, no_space_error
 from dsclora.models.descriptor import ModelDescriptor
 
 TOLERANCE = 1e-4  # max abs difference to torch fp32 on a [0, 1] image (measured: ~1e-6)
@@ -83,6 +84,11 @@ def export_ncnn(described: ModelDescriptor, path: str | Path, probe: torch.Tenso
     param, weights = ncnn_paths(path)
     channels = described.in_channels
     param.parent.mkdir(parents=True, exist_ok=True)
+    # pnnx writes ~5 copies of the weights (TorchScript, pnnx and ncnn files, ONNX) and aborts the whole process
+    # when a write fails, so a disk without room for them is refused before it starts
+    free = free_bytes(param.parent)
+    if free is not None and free < 6 * sum(p.numel() * 4 for p in deployed.parameters()) + NEARLY_FULL_BYTES:
+        raise no_space_error(param.parent, param.name)
     with tempfile.TemporaryDirectory(dir=param.parent) as work:
         stem = Path(work) / "model"
         log = Path(work) / "pnnx.log"
@@ -103,6 +109,8 @@ def export_ncnn(described: ModelDescriptor, path: str | Path, probe: torch.Tenso
             )
         tmp_param, tmp_bin = Path(str(stem) + ".param"), Path(str(stem) + ".bin")
         if not (tmp_param.is_file() and tmp_bin.is_file()):
+            if nearly_full(param.parent):  # pnnx, a separate program, only says it could not write
+                raise no_space_error(param.parent, param.name)
             last = log.read_text(errors="replace").strip().splitlines()[-1:]
             raise DscloraError(f"pnnx wrote no NCNN files ({last[0] if last else 'no message'})")
         with torch.no_grad():

@@ -1,4 +1,10 @@
-"""Benchmark evaluation: PSNR / SSIM on Y (border = scale) and the NTIRE kit's RGB PSNR, per image and mean."""
+"""Benchmark evaluation: PSNR / SSIM on Y (border = scale) and the NTIRE kit's RGB PSNR, per image and mean.
+
+``check_dataset`` runs first, before any model is loaded or pixel computed: every file of every pair is decoded
+once (a truncated body is found there, not half-way through), HR and LR sizes must agree, and the HR images must
+be large enough for the metrics after the border crop. A mean over fewer images than the set holds is not the
+benchmark's figure, so any bad pair stops the evaluation with one line naming it.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,43 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsclora.data.benchmark import find_pairs, load_pair
-from dsclora.data.images import to_array, to_tensor, to_uint8
-from dsclora.measure.metrics import psnr_rgb, psnr_y, ssim_y
+from dsclora.data.benchmark import Pair, find_pairs, load_pair
+from dsclora.data.images import DEFAULT_MAX_PIXELS, to_array, to_tensor, to_uint8, verify_image
+from dsclora.errors import DscloraError
+from dsclora.measure.metrics import SSIM_WINDOW, psnr_rgb, psnr_y, ssim_y
 
 Upscale = Callable[[torch.Tensor], torch.Tensor]  # (1, C, h, w) in [0, 1] -> (1, C, s·h, s·w), any device
+
+
+def _pair_problem(pair: Pair, scale: int, min_side: int, max_pixels: int) -> str | None:
+    """Why ``pair`` cannot be evaluated at ``scale`` (None if it can); every file is decoded once."""
+    try:
+        h, w = verify_image(pair.hr, max_pixels).stored_size
+        lr = verify_image(pair.lr, max_pixels).stored_size if pair.lr is not None else None
+    except DscloraError as exc:
+        return str(exc)
+    h, w = h - h % scale, w - w % scale  # HR is mod-cropped to the scale
+    if lr is not None and (lr[0] * scale, lr[1] * scale) != (h, w):
+        return f"{pair.name}: LR {lr[1]}x{lr[0]} times {scale} does not give HR {w}x{h} ({pair.lr})"
+    if min(h, w) < min_side:
+        return (
+            f"{pair.hr} is too small to evaluate at x{scale}: the metrics crop {scale} pixels each side and SSIM "
+            f"needs {SSIM_WINDOW} more, so HR images need at least {min_side} pixels a side"
+        )
+    return None
+
+
+def check_dataset(
+    root: str | os.PathLike, scale: int, limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Pair]:
+    """The pairs ``evaluate_dataset`` will read, each verified (see the module docstring); one line if any fails."""
+    pairs = find_pairs(root, scale)[:limit]
+    min_side = SSIM_WINDOW + 2 * scale
+    problems = [p for p in (_pair_problem(pair, scale, min_side, max_pixels) for pair in pairs) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more bad pair(s) in {root})" if len(problems) > 1 else ""
+        raise DscloraError(problems[0] + more)
+    return pairs
 
 
 @torch.inference_mode()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+SSIM_WINDOW = 11  # side of the Gaussian window: SSIM needs images at least this large after the border crop
+
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     rgb = img.astype(np.float64)
@@ -37,7 +39,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_1d(size: int = SSIM_WINDOW, sigma: float = 1.5) -> torch.Tensor:
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma * sigma))
     return g / g.sum()

@@ -1,8 +1,9 @@
 """``dsclora upscale``: files, folders and globs in, upscaled images out, every check made before any work.
 
 Planning (``plan``) happens first and alone: inputs are expanded (``--recursive`` mirrors sub-folders), each
-output name is made (``--suffix``), and the plan is refused when an output would overwrite an input or
-another output, or (without ``--overwrite`` / ``--skip-existing``) an existing file. Then the images run through
+output name is made (``--suffix``, which cannot name another folder), and the plan goes through the one output
+policy (``fs.check_outputs``): refused when an output would overwrite an input or another output, or (without
+``--overwrite`` / ``--skip-existing``) an existing file. Then the images run through
 a pipeline where decoding the next image and encoding the previous result happen in threads while the network
 computes (Pillow and zlib release the GIL), so a folder is bound by the model, not by PNG I/O.
 """
@@ -10,8 +11,9 @@ computes (Pillow and zlib release the GIL), so a folder is bound by the model, n
 from __future__ import annotations
 
 import glob
+import os
 import sys
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +24,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsclora.data.images import IMAGE_SUFFIXES, LoadedImage, list_images, read_image, to_array, to_tensor, write_image
+from dsclora.data.images import (
+    IMAGE_SUFFIXES,
+    ImageInfo,
+    LoadedImage,
+    list_images,
+    read_image,
+    to_array,
+    to_tensor,
+    verify_image,
+    write_image,
+)
 from dsclora.data.imresize import imresize
+from dsclora.devices import available_memory
 from dsclora.errors import DscloraError
+from dsclora.fs import NoSpaceError, check_outputs, unreadable
 from dsclora.runtime.tiling import TiledUpscaler
 
 Existing = Literal["refuse", "overwrite", "skip"]
@@ -63,7 +77,7 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=recursive) if Path(m).is_file())
             if not matches:
-                raise DscloraError(f"no such file: {item}")
+                raise DscloraError(unreadable(path) or f"no such file: {item}")
             found.extend((m, Path(m.name)) for m in matches)
     unique = dict(found)
     return list(unique.items()), ignored
@@ -76,41 +90,84 @@ def plan(
     suffix: str = "",
     recursive: bool = False,
     existing: Existing = "refuse",
+    also_read: Sequence[Path] = (),
 ) -> Plan:
-    """Every output path, checked: never an input, never two inputs on one output, existing files as asked."""
+    """Every output path, checked by the one output policy (``fs.check_outputs``): never an input (an image, or
+    what ``also_read`` names: the weights and their card), never two inputs on one output, existing files as
+    asked."""
+    if any(bad in suffix for bad in ("/", os.sep, os.altsep or "/", "..", "\0")):
+        raise DscloraError(f"--suffix {suffix!r}: a suffix stays in the file name (no '/', '..' or NUL)")
     files, ignored = expand_inputs(inputs, recursive)
     jobs = [(src, outdir / rel.parent / f"{rel.stem}{suffix}{ext}") for src, rel in files]
-    sources = {src.resolve() for src, _ in jobs}
-    for _, dst in jobs:
-        if dst.resolve() in sources:
-            raise DscloraError(
-                f"{dst} would overwrite an input image; choose another -o or add --suffix (e.g. --suffix _x4)"
-            )
-    clashes = [t for t, n in Counter(dst for _, dst in jobs).items() if n > 1]
-    if clashes:
-        raise DscloraError(f"several inputs would write {sorted(clashes)[0]}; rename them or use separate runs")
+    check_outputs(
+        "upscale",
+        [dst for _, dst in jobs],
+        [*(src for src, _ in jobs), *also_read],
+        overwrite=existing != "refuse",
+        input_hint="choose another -o or add --suffix (e.g. --suffix _x4)",
+        exists_hint="add --overwrite to replace it or --skip-existing to keep it",
+    )
     result = Plan([], ignored_in_subfolders=ignored)
     for job in jobs:
-        dst = job[1]
-        if dst.is_dir():
-            raise DscloraError(f"output {dst} is a folder")
-        if dst.exists() and existing == "refuse":
-            raise DscloraError(f"{dst} exists; add --overwrite to replace it or --skip-existing to keep it")
-        if dst.exists() and existing == "skip":
-            result.skipped_existing.append(dst)
+        if existing == "skip" and os.path.lexists(job[1]):
+            result.skipped_existing.append(job[1])
         else:
             result.jobs.append(job)
     return result
 
 
-def auto_tile(
-    sizes: Sequence[tuple[int, int]], activations_per_pixel: float, scale: int, overlap: int, budget_bytes: int
-) -> int:
-    """0 when the largest image fits ``budget_bytes`` untiled, else the largest multiple of 64 whose windows fit.
-
-    ``activations_per_pixel``: the network's conv outputs per LR pixel (``measure.profiling.conv_statistics``).
+def verify_inputs(jobs: list[tuple[Path, Path]], max_pixels: int) -> list[ImageInfo]:
+    """Every input decoded once before the model loads (``images.verify_image``: milliseconds per megapixel,
+    against seconds for the network), so a truncated, empty, oversized or non-image file stops the run before
+    any output is written; the error names the first such file and counts the others. Also refused here: a
+    colour image for a ``.pgm`` output (PGM holds gray only). Several frames are noted: only the first is used.
     """
-    per_pixel = BYTES_PER_ACTIVATION * activations_per_pixel + 4 * 3 * scale * scale * 2
+    infos: list[ImageInfo] = []
+    problems: list[str] = []
+    for src, dst in jobs:
+        try:
+            info = verify_image(src, max_pixels)
+        except DscloraError as exc:
+            problems.append(str(exc))
+            continue
+        if dst.suffix == ".pgm" and not info.grayscale:
+            problems.append(f"--ext pgm holds grayscale images only and {src} is colour (use --ext ppm or png)")
+        infos.append(info)
+    if problems:
+        more = f" (and {len(problems) - 1} more unusable input(s))" if len(problems) > 1 else ""
+        raise DscloraError(problems[0] + more)
+    animated = [(src, info.frames) for (src, _), info in zip(jobs, infos, strict=True) if info.frames > 1]
+    if animated:
+        src, frames = animated[0]
+        print(
+            f"note: {len(animated)} input(s) have several frames (e.g. {src.name}: {frames}); "
+            "only the first frame of each is upscaled",
+            file=sys.stderr,
+        )
+    return infos
+
+
+def forward_bytes_per_pixel(activations_per_pixel: float, scale: int) -> float:
+    """Estimated peak bytes per LR pixel of one untiled forward: ``BYTES_PER_ACTIVATION`` per conv activation
+    (``measure.profiling.conv_statistics`` per LR pixel), plus the float32 output."""
+    return BYTES_PER_ACTIVATION * activations_per_pixel + 4 * 3 * scale * scale * 2
+
+
+def check_forward_memory(height: int, width: int, bytes_per_pixel: float, device: torch.device, option: str) -> None:
+    """Refuse, before any allocation, one forward of a ``height`` x ``width`` input that would need more memory
+    than ``device`` has available (an out-of-memory kill, or a multi-minute swap storm, otherwise)."""
+    need = height * width * bytes_per_pixel
+    available = available_memory(device)
+    if available is not None and need > available:
+        raise DscloraError(
+            f"{option} {height}x{width}: one forward would need about {need / 2**30:.1f} GiB, more than the "
+            f"{available / 2**30:.1f} GiB available on {device}; use a smaller size"
+        )
+
+
+def auto_tile(sizes: Sequence[tuple[int, int]], bytes_per_pixel: float, overlap: int, budget_bytes: int) -> int:
+    """0 when the largest image fits ``budget_bytes`` untiled, else the largest multiple of 64 whose windows fit."""
+    per_pixel = bytes_per_pixel
     largest = max((h * w for h, w in sizes), default=0)
     if largest * per_pixel <= budget_bytes:
         return 0
@@ -130,10 +187,13 @@ def upscale_image(upscaler: TiledUpscaler, image: LoadedImage, device: torch.dev
 def run(
     jobs: list[tuple[Path, Path]], upscaler: TiledUpscaler, device: torch.device, max_pixels: int, progress: bool
 ) -> int:
-    """Upscale every (input, output) pair; per-image errors are reported and counted, the rest goes on."""
+    """Upscale every (input, output) pair; per-image errors are reported and counted, the rest goes on (only a
+    file changed since ``verify_inputs`` can fail here). A full disk stops the run: nothing else would fit."""
     failures = 0
 
     def report(exc: DscloraError) -> int:
+        if isinstance(exc, NoSpaceError):
+            raise exc
         print(f"dsclora: error: {exc}", file=sys.stderr)
         return 1
 

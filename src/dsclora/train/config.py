@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from dsclora.errors import DscloraError
+from dsclora.fs import unreadable
 from dsclora.models.span import SpanConfig
 
 
@@ -260,13 +262,18 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise DscloraError(f"config file not found: {path}")
+            problem = unreadable(path)
+            raise DscloraError(f"config file not found: {path}" if problem.startswith("no such") else problem)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise DscloraError(f"{path}: not a YAML recipe (not UTF-8 text); give one like configs/*.yaml") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
             raise DscloraError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise DscloraError(f"{path}: not a recipe (a YAML mapping of sections), but a {type(data).__name__}")
     for assignment in overrides:
         apply_override(data, assignment)
     config = _build(TrainConfig, data, "")
@@ -288,8 +295,7 @@ def validate(config: TrainConfig) -> None:
     for i, target in enumerate(m.lora.targets):
         if target.rank < 0:
             raise DscloraError(f"config key model.lora.targets[{i}].rank: must be >= 0, got {target.rank}")
-    if not 0 <= m.lora.dropout < 1:
-        raise DscloraError(f"config key model.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
+    _check_finite(config, "")
     positive = {
         "data.patch": d.patch,
         "data.batch": d.batch,
@@ -297,10 +303,36 @@ def validate(config: TrainConfig) -> None:
         "loss.affinity_chunk": loss.affinity_chunk,
         "run.log_every": r.log_every,
         "run.checkpoint_every": r.checkpoint_every,
+        "run.max_bad_steps": r.max_bad_steps,
     }
     for key, value in positive.items():
         if value < 1:
             raise DscloraError(f"config key {key}: must be >= 1, got {value}")
+    non_negative = {
+        "run.threads": r.threads,
+        "run.seed": r.seed,
+        "run.val_every": r.val_every,
+        "data.val_max_images": d.val_max_images,
+        "optim.warmup_steps": o.warmup_steps,
+        "optim.weight_decay": o.weight_decay,
+        "optim.grad_clip": o.grad_clip,
+        "optim.min_lr": o.min_lr,
+        **{f"optim.milestones[{i}]": v for i, v in enumerate(o.milestones)},
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise DscloraError(f"config key {key}: must be >= 0, got {value}")
+    for i, target in enumerate(m.lora.targets):
+        if target.alpha <= 0:
+            raise DscloraError(
+                f"config key model.lora.targets[{i}].alpha: must be > 0 (ΔW is scaled by α / rank), got {target.alpha}"
+            )
+    unit = {"model.lora.dropout": m.lora.dropout, **{f"optim.betas[{i}]": b for i, b in enumerate(o.betas)}}
+    for key, value in unit.items():
+        if not 0 <= value < 1:
+            raise DscloraError(f"config key {key}: must be in [0, 1), got {value}")
+    if o.gamma <= 0:
+        raise DscloraError(f"config key optim.gamma: must be > 0, got {o.gamma}")
     if not d.train and not d.train_lr:
         raise DscloraError("config key data.train: give at least one HR image folder (or LR folders in data.train_lr)")
     if d.train_lr and loss.rec > 0:
@@ -337,6 +369,21 @@ def validate(config: TrainConfig) -> None:
         raise DscloraError("config key optim.betas: expected two numbers")
     if d.workers < 0:
         raise DscloraError("config key data.workers: must be >= 0")
+
+
+def _check_finite(node: Any, prefix: str) -> None:
+    """Refuse NaN and ±inf in every float key (YAML reads .nan and .inf; ``lr=nan`` trains nothing)."""
+    for f in dataclasses.fields(node):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise DscloraError(f"config key {key}: must be a finite number, got {value}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise DscloraError(f"config key {key}[{i}]: must be a finite number, got {item}")
 
 
 def describe(config: TrainConfig) -> str:

@@ -10,9 +10,9 @@ score), written atomically every ``run.checkpoint_every`` steps; data order is a
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -28,8 +28,8 @@ from tqdm import tqdm
 from dsclora.data.patches import PatchDataset, PositionSampler, default_workers, training_images
 from dsclora.devices import native_bf16, resolve_device
 from dsclora.errors import DscloraError
-from dsclora.fs import atomic_write
-from dsclora.measure.evaluate import evaluate_dataset
+from dsclora.fs import check_output_folder, check_outputs, write_json
+from dsclora.measure.evaluate import check_dataset, evaluate_dataset
 from dsclora.measure.profiling import peak_memory
 from dsclora.models.checks import checked_merge
 from dsclora.models.descriptor import ModelDescriptor
@@ -43,15 +43,49 @@ from dsclora.train.networks import build_student, build_teachers
 from dsclora.train.schedule import lr_factor, make_optimizer
 from dsclora.train.teacher import TeacherTargets
 from dsclora.weights.checkpoints import read_train_state, write_train_state
+from dsclora.weights.load import input_files
 
 Batch = dict[str, torch.Tensor]
+# Every file a run writes in run.output (plus tensorboard/): the outputs of the one output policy. The merged
+# network is final.safetensors for SPAN, final.pth + final.yaml (a spec file) for networks given as code.
+RUN_FILES = ("config.json", "latest.pt", "best.pt", "final.safetensors", "final.pth", "final.yaml", "summary.json")
+RUN_FILES += ("train.csv", "val.csv")
+
+
+def check_run_output(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """run.output checked before any work (``fs.check_outputs``): a writable folder; none of the run's files is
+    one of its inputs (model.base / teacher with what they read, the data folders' files), whatever the flags;
+    files of an earlier run there only with ``--resume`` (continue it) or ``--overwrite`` (start afresh)."""
+    out = check_output_folder(config.run.output, "run.output")
+    m, d = config.model, config.data
+    inputs: list[Path | str] = [*d.train, *d.train_lr, *d.val]
+    teachers = m.teacher if isinstance(m.teacher, list) else [m.teacher]
+    for name in dict.fromkeys(n for n in [m.base, *teachers] if n):
+        inputs += input_files(name)
+    if not resume and not overwrite and (out / "latest.pt").exists():
+        raise DscloraError(
+            f"run.output {out} already holds a run: add --resume to continue it or --overwrite to start afresh, "
+            "or choose another run.output"
+        )
+    check_outputs(
+        "train",
+        [out / name for name in RUN_FILES],
+        inputs,
+        overwrite=resume or overwrite,
+        what="run.output",
+        input_hint="choose another run.output",
+        exists_hint="add --overwrite to start afresh there (replacing it), or choose another run.output",
+    )
+    return out
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False, overwrite: bool = False) -> None:
         self.config = config
         self.resume = resume
         self.quiet = quiet
+        self.progress = not quiet and sys.stderr.isatty()  # bars only on a terminal, never drawn into logs
+        self.out = check_run_output(config, resume, overwrite)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.device = resolve_device(config.run.device)
@@ -60,13 +94,14 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         self._check_precision()
-        self.out = Path(config.run.output)
         torch.manual_seed(config.run.seed)
         built = build_student(config.model, self.device, config.run.seed)
         self.described: ModelDescriptor = built.descriptor  # the student with its architecture's facts
         self.student = built.descriptor.module
         self.model_info = built.info  # what rebuilds the student from a training state
         self.scale = built.descriptor.scale
+        for root in config.data.val:  # every validation pair decoded and sized before the first step
+            check_dataset(root, self.scale, limit=config.data.val_max_images or None)
         loss = config.loss
         self.teachers: list[ModelDescriptor] = []
         if loss.teacher > 0 or loss.affinity > 0:
@@ -91,10 +126,6 @@ class Trainer:
         self.bad_steps = 0
         if resume:
             self._load_state(self.out / "latest.pt")
-        elif (self.out / "latest.pt").exists():
-            raise DscloraError(
-                f"run.output {self.out} already holds a run: add --resume to continue it, or choose another run.output"
-            )
         self.net: nn.Module = self.described.runnable(self.student)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -186,7 +217,11 @@ class Trainer:
         c = self.config
         images, skipped = training_images(c.data.train, c.data.train_lr, c.data.patch, self.scale)
         if skipped and self.dist.is_main and not self.quiet:
-            tqdm.write(f"skipping {len(skipped)} training image(s) smaller than the patch (e.g. {skipped[0].name})")
+            need = c.data.patch * self.scale
+            tqdm.write(
+                f"skipping {len(skipped)} training image(s) smaller than a patch needs (HR: patch x scale = {need} "
+                f"pixels a side, LR-only: {c.data.patch}; e.g. {skipped[0].name})"
+            )
         dataset = PatchDataset(
             images,
             self.scale,
@@ -202,7 +237,7 @@ class Trainer:
             for teacher in self.teachers:  # every teacher's targets cached on their own; several are averaged
                 targets = TeacherTargets(teacher.runnable(), teacher.identity, c.loss.teacher_ensemble, self.scale)
                 # one process computes what is missing (with a progress bar), the others then read it
-                computed = targets.get_all(lr_images, progress=not self.quiet) if self.dist.is_main else None
+                computed = targets.get_all(lr_images, progress=self.progress) if self.dist.is_main else None
                 barrier(self.dist)
                 each.append(computed or targets.get_all(lr_images, progress=False))
             if len(each) > 1:
@@ -304,13 +339,17 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         main = self.dist.is_main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.out / "config.json") as tmp:
-                tmp.write_text(json.dumps(c.to_dict(), indent=2))
-        logger = Logger(self.out, c.run.tensorboard, self.step if self.resume else None) if main else None
+        created = not self.out.exists()
+        logger = None
         bar = None
         try:
+            if main:
+                if not self.resume:  # a fresh run (with --overwrite where an earlier one was): none of its files
+                    for name in RUN_FILES:
+                        (self.out / name).unlink(missing_ok=True)
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_json(self.out / "config.json", c.to_dict())
+            logger = Logger(self.out, c.run.tensorboard, self.step if self.resume else None) if main else None
             loader = self._loader()
             if main and not self.quiet:
                 trainable = sum(p.numel() for p in self.trainable)
@@ -320,7 +359,11 @@ class Trainer:
                     + (f", resuming at step {self.step}" if self.step else "")
                 )
             bar = tqdm(
-                total=c.run.steps, initial=self.step, disable=not main or self.quiet, unit="step", dynamic_ncols=True
+                total=c.run.steps,
+                initial=self.step,
+                disable=not main or not self.progress,
+                unit="step",
+                dynamic_ncols=True,
             )
             start = window = time.perf_counter()
             last: dict[str, float] = {}
@@ -356,21 +399,33 @@ class Trainer:
                 "seconds": time.perf_counter() - start,
                 "last_losses": last,
                 "final_val": result,
-                "best": self.best,
+                "best": self.best if self.best["step"] is not None else None,  # None: never validated
             }
             if main:
                 self.save_state("latest.pt")
                 summary.update(self._export())
-                with atomic_write(self.out / "summary.json") as tmp:
-                    tmp.write_text(json.dumps(summary, indent=2, default=str))
+                write_json(self.out / "summary.json", summary)
             barrier(self.dist)
             return summary
+        except BaseException:
+            if main and not (self.out / "latest.pt").exists():
+                self._remove_unfinished(created)
+            raise
         finally:
             if bar is not None:
                 bar.close()
             if logger:
                 logger.close()
             shutdown(self.dist)
+
+    def _remove_unfinished(self, created: bool) -> None:
+        """A run that failed before its first checkpoint leaves nothing: it cannot be resumed, and its
+        config.json and logs would only make the next run's output look taken."""
+        if created:
+            shutil.rmtree(self.out, ignore_errors=True)
+            return
+        for name in RUN_FILES:
+            (self.out / name).unlink(missing_ok=True)
 
     def _validate_and_keep_best(self, logger: Logger | None) -> dict | None:
         result = self.validate() if self.dist.is_main else None

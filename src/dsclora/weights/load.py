@@ -37,6 +37,20 @@ def network_file(weights: str | None) -> Path:
     return resolve(weights or DEFAULT)
 
 
+def input_files(weights: str | None) -> list[Path]:
+    """Every file a network's ``--weights`` value reads: the checkpoint or spec file and its JSON card (``X.json``
+    beside ``X.pth``), and a spec file's code and weights; none for bicubic. Commands check their outputs
+    against these before anything is loaded, so no command writes over what it reads."""
+    if weights == BICUBIC:
+        return []
+    path = network_file(weights)
+    files = [path, path.with_suffix(".json")]
+    if specfile.is_spec_file(path):
+        spec = specfile.read_spec(path)
+        files += [Path(spec["code"]), Path(spec["weights"])]
+    return files
+
+
 def rebuild(source: Mapping, label: str) -> ModelDescriptor:
     """A descriptor of the architecture ``source`` records (``ModelDescriptor.source``), with whatever weights
     that source starts from; the caller loads its own."""

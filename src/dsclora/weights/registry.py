@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from dsclora.errors import DscloraError
-from dsclora.fs import atomic_write, sha256_file, user_cache_dir
+from dsclora.fs import atomic_write, sha256_file, unreadable, user_cache_dir
 
 ENV_VAR = "DSCLORA_WEIGHTS_DIR"
 DEFAULT = "default"
@@ -94,6 +94,8 @@ def resolve(name_or_path: str) -> Path:
         if candidate.is_dir():
             raise DscloraError(f"weights {name_or_path!r} is a folder; give a checkpoint file or a name")
         return candidate
+    if candidate.is_symlink():  # there but unusable: a loop or a link to nothing
+        raise DscloraError(f"weights {unreadable(candidate)}")
     if name_or_path == DEFAULT:
         return embedded_weights()
     if name_or_path not in REGISTRY:

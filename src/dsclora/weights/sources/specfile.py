@@ -115,8 +115,9 @@ def _import(code: Path, import_paths: list[str]) -> ModuleType:
     finally:
         sys.path[:] = saved_path
         for added in set(sys.modules) - before:
-            origin = getattr(sys.modules[added], "__file__", None) or ""
-            if any(origin.startswith(folder + "/") for folder in import_paths):
+            added_module = sys.modules[added]  # a namespace package has no __file__, only __path__
+            origins = [getattr(added_module, "__file__", None) or "", *getattr(added_module, "__path__", [])]
+            if any(o.startswith(folder + "/") for o in origins for folder in import_paths):
                 del sys.modules[added]
     sys.modules[name] = module
     return module
