@@ -61,6 +61,17 @@ def _tile(text: str) -> int | None:
     return None if text == "auto" else _int_at_least(0)(text)
 
 
+def _seconds(text: str) -> float:
+    """SECONDS (e.g. 90 or 1.5) or [HH:]MM:SS[.FRACTION] (e.g. 1:30 or 0:01:30.5)."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or [HH:]MM:SS, got {text!r}") from None
+    if len(parts) > 3 or any(p < 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+        raise argparse.ArgumentTypeError(f"expected seconds or [HH:]MM:SS, got {text!r}")
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -127,6 +138,36 @@ def _runtime_options(parser: argparse.ArgumentParser, tiling: bool = True) -> No
         )
 
 
+def _video_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("videos (need the video extra: pip install 'dsclora[video]')")
+    group.add_argument(
+        "--codec",
+        default=None,
+        help="video encoder: h264 (libx264, the default), h265 (libx265), av1 (libsvtav1), vp9 (libvpx-vp9), ffv1 "
+        "(lossless: stores the model's RGB output exactly), or any FFmpeg video encoder's name",
+    )
+    group.add_argument(
+        "--crf",
+        type=_int_at_least(0),
+        default=None,
+        help="constant quality of h264 / h265 / av1 / vp9, lower is better (default: visually lossless, 18 for "
+        "h264 and 23 for h265; the encoder's own default for av1 and vp9)",
+    )
+    group.add_argument(
+        "--pix-fmt",
+        default=None,
+        metavar="FMT",
+        help="the encoded pixel format, e.g. yuv420p, yuv444p, yuv420p10le (default: the input's where the encoder "
+        "takes it, else 4:2:0 at the input's bit depth; ffv1: RGB)",
+    )
+    group.add_argument(
+        "--start", type=_seconds, default=0.0, metavar="TIME", help="begin at this time (seconds or [HH:]MM:SS)"
+    )
+    group.add_argument(
+        "--duration", type=_seconds, default=None, metavar="TIME", help="upscale only this long a piece (try first)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dsclora",
@@ -139,16 +180,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "upscale",
-        help="super-resolve images, folders or globs",
-        description="Super-resolve images. Inputs are never overwritten; existing outputs are refused unless "
-        "--overwrite or --skip-existing says what to do.",
+        help="super-resolve images, videos, folders or globs",
+        description="Super-resolve images and videos. Inputs are never overwritten; existing outputs are refused "
+        "unless --overwrite or --skip-existing says what to do. A video keeps its audio, subtitles and other "
+        "streams (copied, not re-encoded), its time stamps, frame rate and colour tags; it is written as "
+        "OUTDIR/<name>_x<S>.mkv, or as the file -o names.",
     )
-    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (their images) or glob patterns")
-    up.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created)")
+    up.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image or video files, folders (their images) or glob patterns; a video is recognised by probing it",
+    )
+    up.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTDIR",
+        help="folder for the results (created); for a single video input also a file name whose suffix picks the "
+        "container (.mkv, .mp4, .mov, .webm, ...)",
+    )
     up.add_argument("--weights", default=None, help=WEIGHTS_HELP + ", or bicubic (needs --scale); default: default")
     up.add_argument("--scale", type=_scale, default=None, help="upscaling factor; only needed for --weights bicubic")
     up.add_argument("--ext", default="png", help="output format by file suffix: png (default), jpg, webp, tif, bmp")
-    up.add_argument("--suffix", default="", help="added to every output's name, e.g. _x4 (default: none)")
+    up.add_argument(
+        "--suffix",
+        default=None,
+        help="added to every output's name, e.g. _x4 (default: none for images, _x<S> for videos)",
+    )
     up.add_argument("--recursive", action="store_true", help="also take images in sub-folders, mirroring the tree")
     existing = up.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
@@ -157,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=_int_at_least(1), default=None, help="refuse inputs larger than this (default 16384²)"
     )
     _runtime_options(up)
+    _video_options(up)
     up.set_defaults(func="upscale")
 
     ev = sub.add_parser(
