@@ -1,0 +1,209 @@
+"""Video upscaling speed: frames per second of the whole pipeline (decode, network, encode, mux) beside the
+network alone on the same frames and back-end, so the pipeline's overhead is a ratio (goal: at most 1.15x).
+
+The script makes its own clip: ``--frames`` frames of 480x270 at 25 frames/s (a slow pan over scikit-image's
+astronaut photo, a synthetic pattern where scikit-image is missing) with an audio track, encoded as H.264. Each
+back-end then upscales it x4 to 1920x1080 with the default encoder (libx264, CRF 18) as ``dsclora upscale``
+does, in rounds: per round and back-end, the network alone on the clip's decoded frames (one forward per frame,
+after two warm-up forwards), then the pipeline end to end. Ratio = pipeline time / network time of the same
+round; medians over rounds. Also measured: the pipeline with a network that costs nothing (nearest-neighbour
+x4), i.e. decoding, colour conversion and encoding alone; and on a CPU, the network on batches of two frames
+against one (why the pipeline does not batch on a CPU).
+
+    python benchmarks/video.py [--frames 24] [--rounds 2] [--device cpu|cuda] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsclora.data.images import to_tensor
+from dsclora.data.video import DecodedFrame, VideoReader, choose_encoding, output_format, probe, require_av
+from dsclora.devices import cpu_model
+from dsclora.fs import atomic_write
+from dsclora.runtime.backends import make_runner
+from dsclora.runtime.tiling import TiledUpscaler
+from dsclora.runtime.video import VideoJob, VideoOptions, frames_per_batch, upscale_video
+from dsclora.weights.load import load
+
+SIZE = (270, 480)  # LR height, width: a 1920x1080 output at x4
+CPU_BACKENDS = ("torch", "channels_last", "onnxruntime", "compile")
+CUDA_BACKENDS = ("torch", "channels_last", "compile")
+
+
+def make_clip(path: Path, frames: int) -> str:
+    """A 480x270 H.264 clip with an AAC track; returns what its pictures are."""
+    av = require_av()
+    h, w = SIZE
+    try:
+        from skimage import data
+
+        photo = data.astronaut()  # 512x512
+        source = "a pan over scikit-image's astronaut"
+
+        def picture(i: int) -> np.ndarray:
+            x = (i * 2) % (photo.shape[1] - w)
+            return np.ascontiguousarray(photo[100 : 100 + h, x : x + w])
+    except ImportError:
+        yy, xx = np.mgrid[0:h, 0:w]
+        source = "a synthetic moving pattern (scikit-image not installed)"
+
+        def picture(i: int) -> np.ndarray:
+            rgb = np.stack([np.sin((xx + 3 * i) / 7.0), np.cos(yy / 5.0), np.sin((xx + yy - i) / 11.0)], axis=2)
+            return ((rgb + 1) * 127.5).astype(np.uint8)
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"crf": "18"})
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        audio = out.add_stream("aac", rate=48000)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        samples = (np.sin(np.arange(frames * 48000 // 25) * 2 * np.pi * 440 / 48000) * 0.2).astype(np.float32)
+        for k in range(0, len(samples), 1024):
+            chunk = av.AudioFrame.from_ndarray(np.stack([samples[k : k + 1024]] * 2), format="fltp", layout="stereo")
+            chunk.sample_rate, chunk.pts = 48000, k
+            out.mux(audio.encode(chunk))
+        out.mux(audio.encode(None))
+    return source
+
+
+def decoded_inputs(info, device: torch.device) -> list[torch.Tensor]:
+    with VideoReader(info) as reader:
+        return [to_tensor(item.rgb).to(device) for item in reader if isinstance(item, DecodedFrame)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def network_seconds(upscaler: TiledUpscaler, inputs: list[torch.Tensor], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for x in inputs:
+        upscaler(x)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def pipeline_seconds(job: VideoJob, upscaler: TiledUpscaler, device: torch.device, batch: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    frames = upscale_video(job, upscaler, device, VideoOptions(), batch, progress=False)
+    sync(device)
+    return time.perf_counter() - start, frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None, help="weights name or file (default: the embedded model)")
+    parser.add_argument("--frames", type=int, default=24, help="frames in the clip (default 24)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every back-end (default 2)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
+    parser.add_argument("--backends", nargs="*", default=None, help="back-ends to run (default: all)")
+    parser.add_argument("--json", help="output (default benchmarks/results/video.json, video_cuda.json on a GPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("video.py: --device cuda but no CUDA device is available")
+    args.json = args.json or f"benchmarks/results/video{'_cuda' if cuda else ''}.json"
+    loaded = load(args.weights, device, network=True)
+    av = require_av()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as work:
+        clip = Path(work) / "clip.mp4"
+        source = make_clip(clip, args.frames)
+        info = probe(clip)
+        dst = Path(work) / "clip_x4.mkv"
+        job = VideoJob(info, dst, output_format(dst), choose_encoding(None, None, None, info))
+        inputs = decoded_inputs(info, device)
+        upscalers = {}
+        for backend in args.backends or (CUDA_BACKENDS if cuda else CPU_BACKENDS):
+            try:
+                runner = make_runner(loaded.span, backend, device, "fp16" if cuda else "fp32")
+            except Exception as exc:  # e.g. ONNX Runtime not installed
+                print(f"{backend}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+                continue
+            upscalers[backend] = TiledUpscaler(runner, loaded.scale)
+            for x in inputs[:2]:  # warm-up (compiles the compiled path)
+                upscalers[backend](x)
+        nearest = TiledUpscaler(lambda x: x.repeat_interleave(4, 2).repeat_interleave(4, 3), loaded.scale)
+        rows: dict[str, dict[str, list[float]]] = {name: {"network": [], "pipeline": []} for name in upscalers}
+        io_only: list[float] = []
+        pairs = [torch.cat(inputs[i : i + 2]) for i in range(0, len(inputs) - 1, 2)]
+        batch_ratios: list[float] = []
+        for round_ in range(args.rounds):
+            for name, upscaler in upscalers.items():
+                batch = frames_per_batch(device, upscaler, SIZE, loaded.span.config.channels, 2 << 30)
+                rows[name]["network"].append(network_seconds(upscaler, inputs, device))
+                seconds, frames = pipeline_seconds(job, upscaler, device, batch)
+                assert frames == len(inputs), (frames, len(inputs))
+                rows[name]["pipeline"].append(seconds)
+                print(
+                    f"round {round_ + 1} {name}: network {len(inputs) / rows[name]['network'][-1]:.2f} frames/s, "
+                    f"pipeline {frames / seconds:.2f} frames/s",
+                    file=sys.stderr,
+                )
+            io_only.append(pipeline_seconds(job, nearest, device, 1)[0])
+            if not cuda and "channels_last" in upscalers:  # the same frames, one forward per pair
+                pair_seconds = network_seconds(upscalers["channels_last"], pairs, device)
+                single = network_seconds(upscalers["channels_last"], inputs[: 2 * len(pairs)], device)
+                batch_ratios.append(pair_seconds / single)
+        output_mib = dst.stat().st_size / 2**20
+    n = len(inputs)
+    results: dict = {
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "precision": "fp16" if cuda else "fp32",
+        "torch": torch.__version__,
+        "pyav": av.__version__,
+        "weights": loaded.label,
+        "clip": {"frames": n, "lr": "480x270", "hr": "1920x1080", "rate": 25, "pictures": source},
+        "encoder": job.encoding.describe(),
+        "output_mib": output_mib,
+        "rounds": args.rounds,
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "note": "medians over rounds; each round times the network alone, then the pipeline, on the same back-end",
+        "backends": {},
+    }
+    for name, row in rows.items():
+        ratios = [p / q for p, q in zip(row["pipeline"], row["network"], strict=True)]
+        results["backends"][name] = {
+            "network_frames_per_s": n / statistics.median(row["network"]),
+            "network_ms_per_frame": statistics.median(row["network"]) / n * 1e3,
+            "pipeline_frames_per_s": n / statistics.median(row["pipeline"]),
+            "pipeline_over_network": statistics.median(ratios),
+        }
+    results["decode_convert_encode_only_frames_per_s"] = n / statistics.median(io_only)
+    if batch_ratios:
+        results["cpu_batch2_over_batch1_time"] = statistics.median(batch_ratios)
+    print(f"{results['cpu']}, {results['cpu_threads']} threads; {n} frames 480x270 -> 1920x1080, {results['encoder']}")
+    print(f"{'back-end':<16}{'network f/s':>12}{'pipeline f/s':>14}{'ratio':>8}")
+    for name, row in results["backends"].items():
+        print(
+            f"{name:<16}{row['network_frames_per_s']:>12.2f}{row['pipeline_frames_per_s']:>14.2f}"
+            f"{row['pipeline_over_network']:>7.2f}x"
+        )
+    print(f"decode + convert + encode alone: {results['decode_convert_encode_only_frames_per_s']:.1f} frames/s")
+    if batch_ratios:
+        print(f"channels_last on batches of 2 frames / 1 frame: {results['cpu_batch2_over_batch1_time']:.2f}x the time")
+    with atomic_write(args.json) as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
