@@ -6,9 +6,11 @@ astronaut photo, a synthetic pattern where scikit-image is missing) with an audi
 back-end then upscales it x4 to 1920x1080 with the default encoder (libx264, CRF 18) as ``dsclora upscale``
 does, in rounds: per round and back-end, the network alone on the clip's decoded frames (one forward per frame,
 after two warm-up forwards), then the pipeline end to end. Ratio = pipeline time / network time of the same
-round; medians over rounds. Also measured: the pipeline with a network that costs nothing (nearest-neighbour
-x4), i.e. decoding, colour conversion and encoding alone; and on a CPU, the network on batches of two frames
-against one (why the pipeline does not batch on a CPU).
+round; medians over rounds. Also measured: each back-end on pairs of frames against single frames (whether
+batching would gain), the pipeline with a network that costs nothing (nearest-neighbour x4: decoding, colour
+conversion and encoding alone), the RGB PSNR of the encoded output against the network's own frames (what the
+default encoder loses), and libx264 at CRF 18 with the presets medium, fast and veryfast on those frames (CPU
+time, size, PSNR: why the default is veryfast).
 
     python benchmarks/video.py [--frames 24] [--rounds 2] [--device cpu|cuda] [--json FILE]
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsclora.data.images import to_tensor
+from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.data.video import DecodedFrame, VideoReader, choose_encoding, output_format, probe, require_av
 from dsclora.devices import cpu_model
 from dsclora.fs import atomic_write
@@ -106,6 +108,48 @@ def pipeline_seconds(job: VideoJob, upscaler: TiledUpscaler, device: torch.devic
     return time.perf_counter() - start, frames
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse)) if mse else float("inf")
+
+
+def rgb_frames(path: Path) -> list[np.ndarray]:
+    """Frames as the reference decoder gives them (PyAV, swscale with its defaults)."""
+    av = require_av()
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def encoder_presets(frames: list[np.ndarray], work: Path) -> dict[str, dict[str, float]]:
+    """libx264 at CRF 18 with each preset on the same upscaled 1080p frames: CPU time, size, PSNR to the frames."""
+    av = require_av()
+    results = {}
+    for preset in ("medium", "fast", "veryfast"):
+        path = work / f"{preset}.mkv"
+        yuv = []
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.colorspace = 6  # BT.601, as the pipeline tags an untagged SD source
+            yuv.append(frame.reformat(format="yuv420p", dst_color_range=1))
+        cpu = time.process_time()
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=25, options={"crf": "18", "preset": preset})
+            stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+            for i, frame in enumerate(yuv):
+                frame.pts = i
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        cpu = time.process_time() - cpu
+        with av.open(str(path)) as container:
+            decoded = [f.reformat(format="rgb24").to_ndarray() for f in container.decode(video=0)]
+        results[preset] = {
+            "cpu_ms_per_frame": cpu / len(frames) * 1e3,
+            "kib_per_frame": path.stat().st_size / len(frames) / 1024,
+            "psnr_rgb_db_vs_frames": statistics.mean(psnr(a, b) for a, b in zip(decoded, frames, strict=True)),
+        }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="weights name or file (default: the embedded model)")
@@ -123,13 +167,17 @@ def main() -> None:
     loaded = load(args.weights, device, network=True)
     av = require_av()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as work:
-        clip = Path(work) / "clip.mp4"
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        clip = work / "clip.mp4"
         source = make_clip(clip, args.frames)
         info = probe(clip)
-        dst = Path(work) / "clip_x4.mkv"
-        job = VideoJob(info, dst, output_format(dst), choose_encoding(None, None, None, info))
+        encoding = choose_encoding(None, None, None, info)
+        dst, io_dst = work / "clip_x4.mkv", work / "io_x4.mkv"
+        job = VideoJob(info, dst, output_format(dst), encoding)
+        io_job = VideoJob(info, io_dst, output_format(io_dst), encoding)
         inputs = decoded_inputs(info, device)
+        pairs = [torch.cat(inputs[i : i + 2]) for i in range(0, len(inputs) - 1, 2)]
         upscalers = {}
         for backend in args.backends or (CUDA_BACKENDS if cuda else CPU_BACKENDS):
             try:
@@ -138,31 +186,32 @@ def main() -> None:
                 print(f"{backend}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
                 continue
             upscalers[backend] = TiledUpscaler(runner, loaded.scale)
-            for x in inputs[:2]:  # warm-up (compiles the compiled path)
+            for x in [*inputs[:2], *pairs[:2]]:  # warm-up (compiles the compiled path, both batch sizes)
                 upscalers[backend](x)
         nearest = TiledUpscaler(lambda x: x.repeat_interleave(4, 2).repeat_interleave(4, 3), loaded.scale)
-        rows: dict[str, dict[str, list[float]]] = {name: {"network": [], "pipeline": []} for name in upscalers}
+        times: dict[str, dict[str, list[float]]] = {n: {"network": [], "pipeline": [], "pairs": []} for n in upscalers}
         io_only: list[float] = []
-        pairs = [torch.cat(inputs[i : i + 2]) for i in range(0, len(inputs) - 1, 2)]
-        batch_ratios: list[float] = []
         for round_ in range(args.rounds):
             for name, upscaler in upscalers.items():
+                row = times[name]
                 batch = frames_per_batch(device, upscaler, SIZE, loaded.span.config.channels, 2 << 30)
-                rows[name]["network"].append(network_seconds(upscaler, inputs, device))
+                row["network"].append(network_seconds(upscaler, inputs, device))
+                row["pairs"].append(network_seconds(upscaler, pairs, device) * len(inputs) / (2 * len(pairs)))
                 seconds, frames = pipeline_seconds(job, upscaler, device, batch)
                 assert frames == len(inputs), (frames, len(inputs))
-                rows[name]["pipeline"].append(seconds)
+                row["pipeline"].append(seconds)
                 print(
-                    f"round {round_ + 1} {name}: network {len(inputs) / rows[name]['network'][-1]:.2f} frames/s, "
-                    f"pipeline {frames / seconds:.2f} frames/s",
+                    f"round {round_ + 1} {name}: network {len(inputs) / row['network'][-1]:.2f} frames/s "
+                    f"({len(inputs) / row['pairs'][-1]:.2f} in pairs), pipeline {frames / seconds:.2f} frames/s",
                     file=sys.stderr,
                 )
-            io_only.append(pipeline_seconds(job, nearest, device, 1)[0])
-            if not cuda and "channels_last" in upscalers:  # the same frames, one forward per pair
-                pair_seconds = network_seconds(upscalers["channels_last"], pairs, device)
-                single = network_seconds(upscalers["channels_last"], inputs[: 2 * len(pairs)], device)
-                batch_ratios.append(pair_seconds / single)
-        output_mib = dst.stat().st_size / 2**20
+            io_only.append(pipeline_seconds(io_job, nearest, device, 1)[0])
+        last = list(upscalers.values())[-1]  # dst holds its output, encoded with the default encoder
+        with torch.inference_mode():
+            network_out = [to_uint8(to_array(last(x))) for x in inputs]
+        fidelity = statistics.mean(psnr(a, b) for a, b in zip(rgb_frames(dst), network_out, strict=True))
+        presets = encoder_presets(network_out, work)
+        output_kib = dst.stat().st_size / len(inputs) / 1024
     n = len(inputs)
     results: dict = {
         "cpu": cpu_model(),
@@ -173,34 +222,41 @@ def main() -> None:
         "pyav": av.__version__,
         "weights": loaded.label,
         "clip": {"frames": n, "lr": "480x270", "hr": "1920x1080", "rate": 25, "pictures": source},
-        "encoder": job.encoding.describe(),
-        "output_mib": output_mib,
+        "encoder": encoding.describe(),
         "rounds": args.rounds,
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
-        "note": "medians over rounds; each round times the network alone, then the pipeline, on the same back-end",
+        "note": "a shared machine under load (see load_average_1min): medians over rounds; each round times the "
+        "network alone, the network on pairs of frames, then the pipeline, on the same back-end",
         "backends": {},
     }
-    for name, row in rows.items():
+    for name, row in times.items():
         ratios = [p / q for p, q in zip(row["pipeline"], row["network"], strict=True)]
+        pair_ratios = [p / q for p, q in zip(row["pairs"], row["network"], strict=True)]
         results["backends"][name] = {
             "network_frames_per_s": n / statistics.median(row["network"]),
             "network_ms_per_frame": statistics.median(row["network"]) / n * 1e3,
             "pipeline_frames_per_s": n / statistics.median(row["pipeline"]),
             "pipeline_over_network": statistics.median(ratios),
+            "batch2_over_batch1_time": statistics.median(pair_ratios),
         }
     results["decode_convert_encode_only_frames_per_s"] = n / statistics.median(io_only)
-    if batch_ratios:
-        results["cpu_batch2_over_batch1_time"] = statistics.median(batch_ratios)
+    results["output_psnr_rgb_db_vs_network"] = fidelity
+    results["output_kib_per_frame"] = output_kib
+    results["libx264_crf18_presets"] = presets
     print(f"{results['cpu']}, {results['cpu_threads']} threads; {n} frames 480x270 -> 1920x1080, {results['encoder']}")
-    print(f"{'back-end':<16}{'network f/s':>12}{'pipeline f/s':>14}{'ratio':>8}")
+    print(f"{'back-end':<16}{'network f/s':>12}{'pipeline f/s':>14}{'ratio':>8}{'batch 2 / 1':>13}")
     for name, row in results["backends"].items():
         print(
             f"{name:<16}{row['network_frames_per_s']:>12.2f}{row['pipeline_frames_per_s']:>14.2f}"
-            f"{row['pipeline_over_network']:>7.2f}x"
+            f"{row['pipeline_over_network']:>7.2f}x{row['batch2_over_batch1_time']:>12.2f}x"
         )
     print(f"decode + convert + encode alone: {results['decode_convert_encode_only_frames_per_s']:.1f} frames/s")
-    if batch_ratios:
-        print(f"channels_last on batches of 2 frames / 1 frame: {results['cpu_batch2_over_batch1_time']:.2f}x the time")
+    print(f"encoded output vs the network's frames: {fidelity:.2f} dB RGB PSNR, {output_kib:.0f} KiB/frame")
+    for preset, row in presets.items():
+        print(
+            f"libx264 CRF 18 {preset:<9} {row['cpu_ms_per_frame']:6.1f} ms CPU/frame, {row['kib_per_frame']:6.1f} "
+            f"KiB/frame, {row['psnr_rgb_db_vs_frames']:.2f} dB"
+        )
     with atomic_write(args.json) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
 

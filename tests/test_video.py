@@ -57,8 +57,10 @@ def make_clip(
     audio: bool = True,
     subtitles: bool = True,
     colour: dict | None = None,
+    extras: bool = False,
 ) -> list[np.ndarray]:
-    """Write a clip (time base 1 ms) and return its RGB frames as given to the encoder."""
+    """Write a clip (time base 1 ms) and return its RGB frames as given to the encoder; ``extras`` adds an
+    attachment (a font, as Matroska files with styled subtitles carry) and two chapters."""
     width, height = size
     pts_ms = pts_ms or [40 * i for i in range(frames)]
     images = [pattern(i, height, width) for i in range(len(pts_ms))]
@@ -73,6 +75,15 @@ def make_clip(
         if sound is not None:
             sound.metadata["language"] = "fra"
         text = out.add_mux_stream("subrip", time_base=MS) if subtitles else None
+        if extras:
+            out.add_attachment("font.ttf", "application/x-truetype-font", b"\x00\x01\x00\x00 not really a font")
+            half = pts_ms[len(pts_ms) // 2]
+            out.set_chapters(
+                [
+                    {"id": 1, "start": 0, "end": half, "time_base": MS, "metadata": {"title": "first"}},
+                    {"id": 2, "start": half, "end": pts_ms[-1] + 40, "time_base": MS, "metadata": {"title": "second"}},
+                ]
+            )
         for i, (ms, image) in enumerate(zip(pts_ms, images, strict=True)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
             frame.pts, frame.time_base = ms, MS
@@ -124,7 +135,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_video_keeps_frames_timing_audio_subtitles_and_tags(capsys, tmp_path: Path) -> None:
     src = tmp_path / "clip.mp4.mkv"
     colour = {"color_range": 1, "colorspace": 1, "color_primaries": 1, "color_trc": 1}  # BT.709, limited range
-    make_clip(src, frames=30, colour=colour)
+    make_clip(src, frames=30, colour=colour, extras=True)
     out = tmp_path / "out"
     code, stdout, err = run_cli(capsys, "upscale", str(src), "-o", str(out), "--weights", "bicubic", "--scale", "2")
     assert code == 0, err
@@ -138,8 +149,10 @@ def test_video_keeps_frames_timing_audio_subtitles_and_tags(capsys, tmp_path: Pa
         assert b.streams.video[0].average_rate == a.streams.video[0].average_rate == 25
         assert b.duration == a.duration
         assert b.metadata["title"] == "a test clip"
-        assert [s.type for s in b.streams] == ["video", "audio", "subtitle"]
+        assert [s.type for s in b.streams] == ["video", "audio", "subtitle", "attachment"]
         assert b.streams.audio[0].metadata["language"] == "fra"
+        assert (b.streams[3].name, b.streams[3].data) == (a.streams[3].name, a.streams[3].data)
+        assert b.chapters() == a.chapters() and [c["metadata"]["title"] for c in b.chapters()] == ["first", "second"]
         tags = b.streams.video[0].codec_context
         assert (tags.color_range, tags.colorspace, tags.color_primaries, tags.color_trc) == (1, 1, 1, 1)
     assert packets(dst, "audio") == packets(src, "audio")  # copied bit for bit, same time stamps
@@ -245,6 +258,7 @@ def test_videos_are_recognised_by_probing_and_mix_with_images(capsys, tmp_path: 
         (["--codec", "ffv1", "--crf", "10"], "--crf applies to"),
         (["--pix-fmt", "rgb24"], "--pix-fmt rgb24: libx264 cannot write it"),
         (["--start", "5"], "--start 5 s: "),
+        (["--codec-option", "nonsense=1"], "libx264 has no option nonsense"),
     ],
 )
 def test_bad_video_options_are_refused_before_any_work(capsys, tmp_path: Path, extra, message) -> None:

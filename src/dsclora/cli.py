@@ -72,6 +72,13 @@ def _seconds(text: str) -> float:
     return sum(p * 60**i for i, p in enumerate(reversed(parts)))
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -159,6 +166,15 @@ def _video_options(parser: argparse.ArgumentParser) -> None:
         metavar="FMT",
         help="the encoded pixel format, e.g. yuv420p, yuv444p, yuv420p10le (default: the input's where the encoder "
         "takes it, else 4:2:0 at the input's bit depth; ffv1: RGB)",
+    )
+    group.add_argument(
+        "--codec-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the encoder, repeatable, e.g. preset=medium (libx264 runs veryfast here unless told), "
+        "tune=film, x265-params=...; one the encoder does not know is refused",
     )
     group.add_argument(
         "--start", type=_seconds, default=0.0, metavar="TIME", help="begin at this time (seconds or [HH:]MM:SS)"

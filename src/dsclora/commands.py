@@ -107,7 +107,7 @@ def upscale(args: argparse.Namespace) -> int:
     if ext not in IMAGE_SUFFIXES:
         raise DscloraError(f"--ext {args.ext}: unsupported output format (use one of {', '.join(IMAGE_SUFFIXES)})")
     device = _check_runtime(args)
-    options = video.VideoOptions(args.codec, args.crf, args.pix_fmt, args.start, args.duration)
+    options = video.VideoOptions(args.codec, args.crf, args.pix_fmt, args.start, args.duration, dict(args.codec_option))
     videos = video.VideoRequest.from_inputs(args.inputs, args.output, args.recursive, options)  # each one probed
     outdir = check_output_folder(videos.folder, "-o")
     existing = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"

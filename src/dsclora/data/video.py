@@ -27,7 +27,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,19 @@ CODEC_ALIASES |= {"av1": "libsvtav1", "vp9": "libvpx-vp9"}
 # 17 or 18 to be visually lossless or nearly so"); x265 spends ~5 CRF steps less for the same quality (FFmpeg's
 # H.265 guide: its default 28 "should visually correspond to libx264 video at CRF 23"), so 23.
 DEFAULT_CRF = {"libx264": 18, "libx265": 23}
+# x264's "veryfast" preset: on upscaled 1080p frames at CRF 18 it takes 20 ms of CPU a frame against medium's
+# 57, for 0.6 dB less RGB PSNR to the network's frames (42.5 against 43.1 dB) at a slightly smaller size
+# (benchmarks/results/video.json, libx264_crf18_presets): encoding stays a small part of the work, also beside a
+# GPU. ``--codec-option preset=medium`` asks for x264's own default.
+PRESETS = {"libx264": "veryfast"}
+# x265 and SVT-AV1 print their banners and notes straight to stderr: errors only
+QUIET = {"libx265": {"x265-params": "log-level=error"}}
 CRF_CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9")  # the encoders --crf drives
 LOSSLESS_RGB = {"ffv1": ("bgr0", "gbrp16le")}  # (8-bit, deeper): the model's RGB output, kept exactly
 INSTALL_HINT = "pip install 'dsclora[video]'"
-# FFmpeg demuxers of still images: a file one of them reads is an image, not a video
-_IMAGE_DEMUXERS = re.compile(r"^(image2|.*_pipe)$")
+TRAILING_SECONDS = 2.0  # how far behind the video another stream's packets may come in a file (muxers: < 1 s)
+# FFmpeg demuxers of still images and of text shown as pictures (tty): what they read is no video
+_NOT_VIDEO_DEMUXERS = re.compile(r"^(image2|.*_pipe|tty)$")
 # Matrices swscale converts with (AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020 NCL)
 _MATRICES = {1: "BT.709", 4: "FCC", 5: "BT.601", 6: "BT.601", 7: "SMPTE 240M", 9: "BT.2020"}
 _UNSPECIFIED, _RGB, _BT709, _BT601 = 2, 0, 1, 6
@@ -105,6 +113,7 @@ class VideoInfo:
     height: int
     frames: int  # expected frame count (0: the file does not say)
     duration: float | None  # seconds of video, where the file says
+    duration_exact: bool  # the video stream's own duration (not the container's, which is the longest stream's)
     rate: Fraction | None  # average frame rate
     codec: str
     pix_fmt: str
@@ -112,10 +121,10 @@ class VideoInfo:
     quarter_turns: int  # counter-clockwise quarter turns that make a decoded frame upright
     colour: Colour
     others: tuple[str, ...] = ()  # the streams copied as they are, described
-    notes: tuple[str, ...] = field(default=())  # what is not kept, said before any work
+    notes: tuple[str, ...] = ()  # what is not kept, said before any work
 
     def describe(self) -> str:
-        rate = f"{float(self.rate):.3g} frames/s" if self.rate else "unknown rate"
+        rate = f"{float(self.rate):.5g} frames/s" if self.rate else "unknown rate"
         count = f"{self.frames} frames" if self.frames else "frame count unknown"
         return f"{self.width}x{self.height} {self.codec} {self.pix_fmt}, {rate}, {count}"
 
@@ -135,17 +144,17 @@ def _main_stream(container: Any, path: Path) -> Any:
     return streams[0]
 
 
-def _video_duration(container: Any, stream: Any) -> float | None:
-    """Seconds of the video stream: its own duration, Matroska's DURATION tag, else the container's."""
+def _video_duration(container: Any, stream: Any) -> tuple[float | None, bool]:
+    """(seconds of the video stream, whether the file states them for that stream): its own duration or
+    Matroska's DURATION tag; else the container's, which is the longest stream's (audio may outlast video)."""
     if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
+        return float(stream.duration * stream.time_base), True
     tag = next((v for k, v in stream.metadata.items() if k.upper().startswith("DURATION")), None)
-    if tag:
-        match = re.match(r"^(\d+):(\d+):(\d+(?:\.\d+)?)$", tag.strip())
-        if match:
-            h, m, s = match.groups()
-            return int(h) * 3600 + int(m) * 60 + float(s)
-    return container.duration / 1e6 if container.duration else None
+    match = re.match(r"^(\d+):(\d+):(\d+(?:\.\d+)?)$", tag.strip()) if tag else None
+    if match:
+        h, m, s = match.groups()
+        return int(h) * 3600 + int(m) * 60 + float(s), True
+    return (container.duration / 1e6 if container.duration else None), False
 
 
 def _bit_depth(pix_fmt: Any) -> int:
@@ -165,9 +174,11 @@ def _colour(frame: Any, width: int, height: int) -> Colour:
 
 
 def _describe_stream(stream: Any) -> str:
-    name = stream.codec_context.name if stream.codec_context is not None else (stream.codec_tag or "data")
+    context = stream.codec_context
+    name = context.name if context is not None else (getattr(stream, "name", None) or "")
     language = stream.metadata.get("language")
-    return f"#{stream.index} {stream.type} {name}" + (f" ({language})" if language and language != "und" else "")
+    label = f"#{stream.index} {stream.type} {name}".rstrip()
+    return label + (f" ({language})" if language and language != "und" else "")
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -187,7 +198,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 raise DscloraError(f"{path}: its video stream has no frame that decodes (damaged or cut short?)")
             turns = round(first.rotation / 90) % 4 if first.rotation else 0
             width, height = (first.height, first.width) if turns % 2 else (first.width, first.height)
-            duration = _video_duration(container, stream)
+            duration, exact = _video_duration(container, stream)
             rate = Fraction(stream.average_rate) if stream.average_rate else None
             frames = stream.frames or (round(duration * rate) if duration and rate else 0)
             pix_fmt = first.format
@@ -199,7 +210,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             if extra:
                 notes.append(f"{path.name}: only video stream #{stream.index} is upscaled; {', '.join(extra)} copied")
             info = VideoInfo(
-                path, width, height, frames, duration, rate, stream.codec_context.name, pix_fmt.name,
+                path, width, height, frames, duration, exact, rate, stream.codec_context.name, pix_fmt.name,
                 _bit_depth(pix_fmt) > 8, turns, _colour(first, first.width, first.height), others, tuple(notes),
             )  # fmt: skip
     except av.error.FFmpegError as exc:
@@ -227,7 +238,7 @@ def looks_like_video(path: str | os.PathLike, image_suffixes: tuple[str, ...]) -
 
     try:
         with av.open(str(path)) as container:
-            if _IMAGE_DEMUXERS.match(container.format.name):
+            if _NOT_VIDEO_DEMUXERS.match(container.format.name):
                 return False
             _main_stream(container, path)
             return True
@@ -247,26 +258,15 @@ class Encoding:
     options: dict[str, str]
 
     def describe(self) -> str:
-        quality = f" crf {self.options['crf']}" if "crf" in self.options else ""
-        return f"{self.codec} {self.pix_fmt}{quality}"
+        settings = [f"{key} {self.options[key]}" for key in ("crf", "preset") if key in self.options]
+        return " ".join([self.codec, self.pix_fmt, *settings])
 
 
-def writable_codecs() -> list[str]:
-    """The video encoders this PyAV wheel's FFmpeg has, among those worth naming (what the README lists)."""
-    av = require_av()
-    names = ["libx264", "libx265", "libsvtav1", "libvpx-vp9", "ffv1", "utvideo", "ffvhuff", "prores_ks"]
-    found = []
-    for name in names:
-        try:
-            av.codec.Codec(name, "w")
-            found.append(name)
-        except Exception:  # av.codec.codec.UnknownCodecError, not exported under one stable name
-            continue
-    return found
-
-
-def choose_encoding(codec: str | None, crf: int | None, pix_fmt: str | None, info: VideoInfo) -> Encoding:
-    """The encoder, pixel format and options for ``info``'s output; every refusal before any work.
+def choose_encoding(
+    codec: str | None, crf: int | None, pix_fmt: str | None, info: VideoInfo, extra: dict[str, str] | None = None
+) -> Encoding:
+    """The encoder, pixel format and options (``extra``: the user's, over ours) for ``info``'s output; every
+    refusal before any work (an option the encoder does not know is refused by ``check_output``).
 
     Pixel format by default: ``ffv1`` stores the model's RGB output exactly (``bgr0``, or 16-bit planar RGB
     for deep video); any other encoder the input's own format where it can, else 4:2:0 at the input's depth.
@@ -290,16 +290,18 @@ def choose_encoding(codec: str | None, crf: int | None, pix_fmt: str | None, inf
         chosen = LOSSLESS_RGB[name][info.deep]
     else:
         wanted = [info.pix_fmt, "yuv420p10le" if info.deep else "yuv420p", "yuv420p"]
-        chosen = next((f for f in wanted if not formats or f in formats), formats[0])
-    options: dict[str, str] = {}
+        chosen = next((f for f in wanted if not formats or f in formats), formats[0] if formats else info.pix_fmt)
+    options = ({"preset": PRESETS[name]} if name in PRESETS else {}) | QUIET.get(name, {})
+    if name == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # read by SVT-AV1 when an encoder starts
     if crf is not None and name not in CRF_CODECS:
         raise DscloraError(f"--crf applies to {', '.join(CRF_CODECS)}; {name} has no constant-quality factor")
     quality = crf if crf is not None else DEFAULT_CRF.get(name)
     if quality is not None:
         options["crf"] = str(quality)
         if name == "libvpx-vp9":
-            options["b:v"] = "0"  # constant quality, no bitrate target (FFmpeg's VP9 guide)
-    return Encoding(name, chosen, options)
+            options["b"] = "0"  # constant quality, no bitrate target (FFmpeg's VP9 guide: -b:v 0)
+    return Encoding(name, chosen, options | (extra or {}))
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -324,17 +326,11 @@ class DecodedFrame:
     duration: int
 
 
-_SWS_FLAGS = None  # swscale flags, set on first use (av imported lazily)
-
-
 def _sws_flags() -> int:
     """Bicubic, full chroma resolution in and out, accurate rounding: no chroma shift through RGB and back."""
-    global _SWS_FLAGS
-    if _SWS_FLAGS is None:
-        from av.video.reformatter import Interpolation as I
+    from av.video.reformatter import Interpolation as I
 
-        _SWS_FLAGS = int(I.BICUBIC | I.ACCURATE_RND | I.FULL_CHR_H_INT | I.FULL_CHR_H_INP)
-    return _SWS_FLAGS
+    return int(I.BICUBIC | I.ACCURATE_RND | I.FULL_CHR_H_INT | I.FULL_CHR_H_INP)
 
 
 def _seconds_to(value: float, time_base: Fraction) -> int:
@@ -411,6 +407,11 @@ class VideoReader:
         packet.dts = None if packet.dts is None else packet.dts - shift
         return True
 
+    def _past_end(self, packet: Any) -> bool:
+        """A packet stamped ``TRAILING_SECONDS`` past the piece's end: nothing of the piece can follow it."""
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        return stamp is not None and float(stamp * packet.time_base) >= self.end + TRAILING_SECONDS
+
     def __iter__(self) -> Iterator[DecodedFrame | Any]:
         av = require_av()
         at = self.start
@@ -418,8 +419,11 @@ class VideoReader:
             if self.start:
                 self.container.seek(_seconds_to(self.start, self.time_base), stream=self.stream)
             for packet in self.container.demux():
-                if self.end is not None and self.video_end >= self.end:
-                    break
+                if self.end is not None and self.video_end >= self.end:  # the video is done: the other streams'
+                    if self._past_end(packet):  # packets may trail it in the file by a little
+                        break
+                    if packet.stream.index == self.stream.index:
+                        continue
                 if packet.stream.index == self.stream.index:
                     for frame in self._frames(packet):
                         at = float(frame.pts * self.time_base) + self.start
@@ -437,7 +441,10 @@ class VideoReader:
         frame = 1 / float(self.info.rate) if self.info.rate else 0.04
         if self.frames == 0:
             raise DscloraError(f"{self.info.path}: no video frame in the asked piece (--start past the end?)")
-        if expected is not None and self.video_end < expected - max(0.5, 2 * frame):
+        # half a second or two frames of slack; more where only the container's duration (the longest
+        # stream's: audio may outlast the video) is known
+        slack = max(0.5, 2 * frame) if self.info.duration_exact else max(2.0, 0.1 * (expected or 0))
+        if expected is not None and self.video_end < expected - slack:
             raise DscloraError(
                 f"{self.info.path}: damaged or cut short: its video ends at {self.video_end:.2f} s, "
                 f"the file says {expected:.2f} s"
@@ -451,9 +458,9 @@ class VideoReader:
             start, end = float(chapter["start"] * tb), float(chapter["end"] * tb)
             if end <= self.start or (self.end is not None and start >= self.end):
                 continue
-            start, end = max(start, self.start) - self.start, (end if self.end is None else min(end, self.end))
-            end -= self.start
-            kept.append(chapter | {"start": _seconds_to(start, tb), "end": _seconds_to(end, tb)})
+            start, end = max(start, self.start), end if self.end is None else min(end, self.end)
+            shifted = {"start": _seconds_to(start - self.start, tb), "end": _seconds_to(end - self.start, tb)}
+            kept.append(chapter | shifted)
         return kept
 
 
@@ -491,8 +498,11 @@ class VideoWriter:
             video = out.add_stream(
                 encoding.codec, rate=info.rate, time_base=self.reader.time_base, options=dict(encoding.options)
             )
-        except ValueError as exc:  # the muxer does not take this codec
-            raise DscloraError(f"{out.format.name} cannot hold {encoding.codec} video: {exc}") from None
+        except ValueError:  # the muxer does not take this codec
+            raise DscloraError(
+                f"{out.format.name} cannot hold {encoding.codec} video: choose another --codec (e.g. vp9 or av1 for "
+                f".webm) or another container"
+            ) from None
         video.width, video.height, video.pix_fmt = info.width * scale, info.height * scale, encoding.pix_fmt
         if source.sample_aspect_ratio:
             video.codec_context.sample_aspect_ratio = source.sample_aspect_ratio
@@ -579,5 +589,8 @@ def check_output(info: VideoInfo, fmt: str, encoding: Encoding, scale: int) -> N
         writer = VideoWriter(io.BytesIO(), fmt, reader, encoding, scale)
         try:
             writer.start()
+            unused = writer.video.codec_context.options  # what the encoder left of its options when it opened
         finally:
             writer.abandon()
+    if unused:
+        raise DscloraError(f"{encoding.codec} has no option {', '.join(sorted(unused))} (see --codec-option)")

@@ -12,10 +12,10 @@ temporary hidden name and renamed when complete: an error or Ctrl-C leaves no fi
 
 Pipeline: three threads joined by short bounded queues. The reader demuxes and decodes (FFmpeg works without
 the GIL), the main thread runs the network, the writer converts to the output's pixel format, encodes and muxes,
-copying the other streams' packets in their order. The network sees one frame at a time on a CPU (oneDNN gains
-nothing from batching frames of this size: ``benchmarks/video.py`` measures it) and on a GPU up to
-``MAX_BATCH`` whole frames that fit ``--memory-budget`` (a short last batch is padded, so a compiled back-end
-sees one shape).
+copying the other streams' packets in their order. The network sees one frame at a time on a CPU (pairs of
+480x270 frames gain nothing on the fastest CPU paths, ONNX Runtime and compile: ``benchmarks/video.py``) and on
+a GPU up to ``MAX_BATCH`` whole frames that fit ``--memory-budget`` (a short last batch is padded, so a compiled
+back-end sees one shape).
 """
 
 from __future__ import annotations
@@ -68,10 +68,12 @@ class VideoOptions:
     pix_fmt: str | None = None
     start: float = 0.0
     duration: float | None = None
+    codec_options: dict[str, str] = field(default_factory=dict)
 
     def given(self) -> list[str]:
         flags = {"--codec": self.codec, "--crf": self.crf, "--pix-fmt": self.pix_fmt, "--duration": self.duration}
-        return [flag for flag, value in flags.items() if value is not None] + (["--start"] if self.start else [])
+        given = [flag for flag, value in flags.items() if value is not None]
+        return given + (["--start"] if self.start else []) + (["--codec-option"] if self.codec_options else [])
 
 
 def frames_to_upscale(info: VideoInfo, options: VideoOptions) -> int:
@@ -142,7 +144,9 @@ class VideoRequest:
         if options.start < 0:
             raise DscloraError(f"--start {options.start}: must be >= 0 seconds")
         infos = [probe(path) for path in videos]  # every video's first frame decoded before any work
-        encodings = [choose_encoding(options.codec, options.crf, options.pix_fmt, info) for info in infos]
+        encodings = [
+            choose_encoding(options.codec, options.crf, options.pix_fmt, info, options.codec_options) for info in infos
+        ]
         for info in infos:
             if info.duration is not None and options.start >= info.duration:
                 raise DscloraError(f"--start {options.start:g} s: {info.path} is only {info.duration:.2f} s long")
@@ -161,9 +165,9 @@ class VideoRequest:
     ) -> tuple[list[VideoJob], list[Path]]:
         """(jobs, outputs skipped as existing); refuses outputs that clash with inputs, images or each other, and
         checks each output up to its header (codec, pixel format and streams the container must carry)."""
-        suffix = f"_x{scale}" if suffix is None else suffix
-        if self.file is not None and suffix != f"_x{scale}":
+        if self.file is not None and suffix is not None:
             raise DscloraError("--suffix names outputs in a folder; -o already names the video file")
+        suffix = f"_x{scale}" if suffix is None else suffix
         jobs: list[VideoJob] = []
         skipped: list[Path] = []
         dsts = [self.file or self.folder / f"{info.path.stem}{suffix}{DEFAULT_CONTAINER}" for info in self.infos]
