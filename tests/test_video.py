@@ -58,6 +58,7 @@ def make_clip(
     subtitles: bool = True,
     colour: dict | None = None,
     extras: bool = False,
+    audio_codec: str = "flac",
 ) -> list[np.ndarray]:
     """Write a clip (time base 1 ms) and return its RGB frames as given to the encoder; ``extras`` adds an
     attachment (a font, as Matroska files with styled subtitles carry) and two chapters."""
@@ -71,7 +72,7 @@ def make_clip(
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         for key, value in (colour or {}).items():
             setattr(video.codec_context, key, value)
-        sound = out.add_stream("flac", rate=8000, layout="mono") if audio else None
+        sound = out.add_stream(audio_codec, rate=8000, layout="mono") if audio else None
         if sound is not None:
             sound.metadata["language"] = "fra"
         text = out.add_mux_stream("subrip", time_base=MS) if subtitles else None
@@ -94,8 +95,10 @@ def make_clip(
             seconds = (pts_ms[-1] + 40) / 1000
             t = np.arange(int(8000 * seconds)) / 8000
             samples = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
-            for k in range(0, len(samples), 512):
-                chunk = av.AudioFrame.from_ndarray(samples[None, k : k + 512], format="s16", layout="mono")
+            fmt = "s16" if audio_codec == "flac" else "fltp"  # what each encoder takes
+            values = samples if fmt == "s16" else (samples / 32768).astype(np.float32)
+            for k in range(0, len(samples), 1024):
+                chunk = av.AudioFrame.from_ndarray(values[None, k : k + 1024], format=fmt, layout="mono")
                 chunk.sample_rate, chunk.pts = 8000, k
                 out.mux(sound.encode(chunk))
             out.mux(sound.encode(None))
@@ -204,6 +207,27 @@ def test_start_and_duration_keep_a_piece_in_sync(capsys, tmp_path: Path) -> None
     got = packets(dst, "audio")
     assert [data for _, data in got] == [data for _, data in kept]
     assert [t for t, _ in got] == pytest.approx([t for t, _ in kept], abs=1e-3)
+
+
+@needs_av
+def test_duration_alone_keeps_the_audio_priming_packet(capsys, tmp_path: Path) -> None:
+    """AAC's first packet is stamped before 0 (its encoder delay): a piece from the start keeps it. MP4 keeps the
+    times exactly (edit lists); Matroska cannot store a negative time, so FFmpeg shifts every stream alike."""
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=40, subtitles=False, audio_codec="aac")
+    audio = packets(src, "audio")
+    delay = -audio[0][0]
+    assert delay == pytest.approx(1024 / 8000)  # one AAC frame at 8 kHz
+    kept = [(t, data) for t, data in audio if t < 0.6 - 1e-6]
+    for name, shift in (("piece.mp4", 0.0), ("piece.mkv", delay)):
+        dst = tmp_path / name
+        argv = ["upscale", str(src), "-o", str(dst), "--weights", "bicubic", "--scale", "2", "--duration", "0.6"]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        assert frame_times(dst) == pytest.approx([0.04 * i + shift for i in range(15)], abs=1e-3)
+        got = packets(dst, "audio")
+        assert [data for _, data in got] == [data for _, data in kept]
+        assert [t for t, _ in got] == pytest.approx([t + shift for t, _ in kept], abs=1e-3)
 
 
 @needs_av
@@ -347,7 +371,7 @@ def test_interrupt_leaves_no_finished_looking_output(capsys, monkeypatch, tmp_pa
     def interrupted(self, x):
         nonlocal calls
         calls += 1
-        if calls == 6:  # Ctrl-C while the network works on the 6th frame, five already queued for the encoder
+        if calls == 6:  # Ctrl-C while the network works on the 6th frame, five handed to the encoder
             during.extend(leftovers(out))
             raise KeyboardInterrupt
         return real(self, x)

@@ -14,6 +14,10 @@ What an upscaled video keeps of its input:
 | container metadata, chapters | copied (``--start`` / ``--duration`` shift and clip the chapters) |
 | bit depth | 8-bit video runs through the model in 8 bits, deeper video in 16 |
 
+Matroska cannot store a time before 0: where a stream starts before 0 (AAC's encoder delay in an MP4, 21 ms at
+48 kHz), FFmpeg shifts every stream of an ``.mkv`` output alike by that much, as its own remuxing does (sync
+kept); MP4 and MOV outputs keep the times exactly (edit lists).
+
 Not kept: an alpha channel (the model sees RGB; a note says so), stream-wide HDR side data (mastering display,
 content light level), a mirrored display matrix's flip; interlaced video is upscaled as progressive frames.
 A stream the output container cannot carry (a data stream in Matroska, MP4's ``mov_text`` subtitles in
@@ -385,10 +389,16 @@ class VideoReader:
             duration = frame.duration or default
             seconds = float(pts * tb)
             self.video_end = max(self.video_end, seconds + float(duration * tb))
-            if seconds + 1e-6 < self.start or (self.end is not None and seconds >= self.end - 1e-6):
+            if self._outside(seconds):
                 continue
             self.frames += 1
             yield DecodedFrame(self._rgb(frame), pts - shift, duration)
+
+    def _outside(self, seconds: float) -> bool:
+        """Whether a time falls outside the kept piece. Without ``--start`` nothing before the end is dropped:
+        an audio codec's priming packet has a negative time stamp (AAC's 1024 samples)."""
+        before = self.start > 0 and seconds + 1e-6 < self.start
+        return before or (self.end is not None and seconds >= self.end - 1e-6)
 
     def _keep(self, packet: Any) -> bool:
         """Whether a copied packet falls in the kept piece (its time stamps are then shifted like the frames')."""
@@ -399,8 +409,7 @@ class VideoReader:
         stamp = packet.pts if packet.pts is not None else packet.dts
         if stamp is None:
             return False
-        seconds = float(stamp * packet.time_base)
-        if seconds + 1e-6 < self.start or (self.end is not None and seconds >= self.end - 1e-6):
+        if self._outside(float(stamp * packet.time_base)):
             return False
         shift = _seconds_to(self.start, Fraction(packet.time_base))
         packet.pts = None if packet.pts is None else packet.pts - shift

@@ -55,7 +55,8 @@ from dsclora.runtime.tiling import TiledUpscaler
 from dsclora.runtime.upscale import BYTES_PER_CHANNEL_PIXEL, Existing
 
 MAX_BATCH = 8
-QUEUE_FRAMES = 4  # decoded frames waiting for the network, and upscaled ones waiting for the encoder, per batch
+QUEUE_FRAMES = 4  # decoded (small) frames waiting for the network, per frame of a batch
+ENCODER_SLACK = 3  # upscaled (large; on a GPU, in its memory) frames waiting for the encoder, beyond one batch
 _END = object()
 
 
@@ -266,7 +267,7 @@ def _pipeline(
     """Decode, upscale and encode concurrently; the number of frames written."""
     stop = threading.Event()
     errors: list[BaseException] = []
-    decoded, upscaled = _Channel(QUEUE_FRAMES * batch, stop), _Channel(QUEUE_FRAMES * batch, stop)
+    decoded, upscaled = _Channel(QUEUE_FRAMES * batch, stop), _Channel(batch + ENCODER_SLACK, stop)
     written = 0
     deep = reader.info.deep
 
