@@ -35,7 +35,7 @@ from dsclora.devices import cpu_model
 from dsclora.fs import atomic_write
 from dsclora.runtime.backends import make_runner
 from dsclora.runtime.tiling import TiledUpscaler
-from dsclora.runtime.video import VideoJob, VideoOptions, frames_per_batch, upscale_video
+from dsclora.runtime.video import VideoJob, VideoOptions, batch_size, upscale_video
 from dsclora.weights.load import load
 
 SIZE = (270, 480)  # LR height, width: a 1920x1080 output at x4
@@ -181,7 +181,7 @@ def main() -> None:
         upscalers = {}
         for backend in args.backends or (CUDA_BACKENDS if cuda else CPU_BACKENDS):
             try:
-                runner = make_runner(loaded.span, backend, device, "fp16" if cuda else "fp32")
+                runner = make_runner(loaded, backend, device, "fp16" if cuda else "fp32")
             except Exception as exc:  # e.g. ONNX Runtime not installed
                 print(f"{backend}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
                 continue
@@ -194,7 +194,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, upscaler in upscalers.items():
                 row = times[name]
-                batch = frames_per_batch(device, upscaler, SIZE, loaded.span.config.channels, 2 << 30)
+                batch = batch_size(device, upscaler, SIZE, 2 << 30)
                 row["network"].append(network_seconds(upscaler, inputs, device))
                 row["pairs"].append(network_seconds(upscaler, pairs, device) * len(inputs) / (2 * len(pairs)))
                 seconds, frames = pipeline_seconds(job, upscaler, device, batch)

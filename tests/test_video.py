@@ -170,7 +170,7 @@ def test_lossless_codec_frames_equal_the_network_on_each_decoded_frame(capsys, t
     dst = tmp_path / "tiny_up.mkv"
     code, _, err = run_cli(capsys, "upscale", str(src), "-o", str(dst), "--codec", "ffv1", "--backend", "torch")
     assert code == 0, err
-    model = load(None).module
+    model = load(None).runnable()
     inputs, outputs = rgb_frames(src), rgb_frames(dst)
     assert len(outputs) == len(inputs) == 4
     for lr, sr in zip(inputs, outputs, strict=True):
@@ -402,14 +402,13 @@ def test_time_options_parse_seconds_and_clock_times() -> None:
     assert parse(["upscale", "a.mp4", "-o", "o", "--start", "01:30"]).start == 90.0
 
 
-def test_frames_per_batch_follows_the_device_and_the_budget() -> None:
-    from dsclora.runtime.video import MAX_BATCH, frames_per_batch
+def test_batches_follow_the_device_the_tiling_and_the_budget() -> None:
+    from dsclora.runtime.video import MAX_BATCH, batch_size, frames_per_batch
 
-    upscaler = tiling.TiledUpscaler(lambda x: x, scale=4)
-    per_frame = 270 * 480 * (110 * 26 + 4 * 3 * 16 * 2)  # runtime.upscale's estimate: 110 B/channel + fp32 output
-    assert frames_per_batch(torch.device("cpu"), upscaler, (270, 480), 26, 10**12) == 1
-    assert frames_per_batch(torch.device("cuda"), upscaler, (270, 480), 26, 3 * per_frame + 1) == 3
-    assert frames_per_batch(torch.device("cuda"), upscaler, (270, 480), 26, 10**12) == MAX_BATCH
-    assert frames_per_batch(torch.device("cuda"), upscaler, (270, 480), 26, 1) == 1
+    assert frames_per_batch(100, 350) == 3
+    assert frames_per_batch(100, 10**9) == MAX_BATCH
+    assert frames_per_batch(100, 99) == 1
+    whole = tiling.TiledUpscaler(lambda x: x, scale=4)
+    assert batch_size(torch.device("cpu"), whole, (270, 480), 10**12) == 1
     tiled = tiling.TiledUpscaler(lambda x: x, scale=4, tile=128)
-    assert frames_per_batch(torch.device("cuda"), tiled, (270, 480), 26, 10**12) == 1
+    assert batch_size(torch.device("cuda"), tiled, (270, 480), 10**12) == 1  # decided before any GPU call

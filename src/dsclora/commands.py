@@ -137,9 +137,7 @@ def upscale(args: argparse.Namespace) -> int:
     done = len(plan.jobs) - failures
     if done:
         print(f"wrote {done} image(s) to {outdir} (x{loaded.scale})")
-    channels = loaded.spec.span.channels if loaded.spec is not None else 0
-    budget = args.memory_budget * 2**20
-    failures += video.run(video_jobs, upscaler, device, options, _progress(), channels, budget)
+    failures += video.run(video_jobs, upscaler, device, options, _progress(), args.memory_budget * 2**20)
     return EXIT_FAILED if failures else 0
 
 

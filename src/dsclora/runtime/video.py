@@ -14,8 +14,8 @@ Pipeline: three threads joined by short bounded queues. The reader demuxes and d
 the GIL), the main thread runs the network, the writer converts to the output's pixel format, encodes and muxes,
 copying the other streams' packets in their order. The network sees one frame at a time on a CPU (pairs of
 480x270 frames gain nothing on the fastest CPU paths, ONNX Runtime and compile: ``benchmarks/video.py``) and on
-a GPU up to ``MAX_BATCH`` whole frames that fit ``--memory-budget`` (a short last batch is padded, so a compiled
-back-end sees one shape).
+a GPU up to ``MAX_BATCH`` whole frames that fit ``--memory-budget`` at the peak memory one frame's forward is measured to
+take (a short last batch is padded, so a compiled back-end sees one shape).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dsclora.data.video import (
 from dsclora.errors import DscloraError
 from dsclora.fs import atomic_write, check_output_file
 from dsclora.runtime.tiling import TiledUpscaler
-from dsclora.runtime.upscale import BYTES_PER_CHANNEL_PIXEL, Existing
+from dsclora.runtime.upscale import Existing
 
 MAX_BATCH = 8
 QUEUE_FRAMES = 4  # decoded (small) frames waiting for the network, per frame of a batch
@@ -197,16 +197,23 @@ class VideoRequest:
         return jobs, skipped
 
 
-def frames_per_batch(
-    device: torch.device, upscaler: TiledUpscaler, size: tuple[int, int], channels: int, budget_bytes: int
-) -> int:
-    """1 on a CPU or when tiled; on a GPU the whole frames (at most ``MAX_BATCH``) whose estimated peak memory
-    (``runtime.upscale``'s per-pixel estimate) fits ``budget_bytes``."""
+def frames_per_batch(per_frame_bytes: int, budget_bytes: int) -> int:
+    """Whole frames per forward: as many as ``budget_bytes`` holds at ``per_frame_bytes`` each, 1 to ``MAX_BATCH``."""
+    return max(1, min(MAX_BATCH, budget_bytes // max(per_frame_bytes, 1)))
+
+
+def batch_size(device: torch.device, upscaler: TiledUpscaler, size: tuple[int, int], budget_bytes: int) -> int:
+    """1 on a CPU or when frames are tiled; on a GPU, the frames whose memory fits ``budget_bytes`` at the peak one
+    frame's forward takes there (measured on a frame of this size: any network, no estimate)."""
     h, w = size
-    if device.type == "cpu" or (upscaler.tile and max(h, w) > upscaler.tile):
+    if device.type != "cuda" or (upscaler.tile and max(h, w) > upscaler.tile):
         return 1
-    per_pixel = BYTES_PER_CHANNEL_PIXEL * channels + 4 * 3 * upscaler.scale**2 * 2
-    return max(1, min(MAX_BATCH, budget_bytes // (h * w * per_pixel)))
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    upscaler(torch.rand(1, 3, h, w, device=device))
+    torch.cuda.synchronize(device)
+    return frames_per_batch(torch.cuda.max_memory_allocated(device) - base, budget_bytes)
 
 
 class _Stopped(Exception):
@@ -346,14 +353,13 @@ def run(
     device: torch.device,
     options: VideoOptions,
     progress: bool,
-    channels: int = 0,
     budget_bytes: int = 2 << 30,
 ) -> int:
     """Upscale every video; a video that fails is reported and counted, the rest goes on."""
     failures = 0
     for job in jobs:
         info = job.info
-        batch = frames_per_batch(device, upscaler, (info.height, info.width), channels, budget_bytes)
+        batch = batch_size(device, upscaler, (info.height, info.width), budget_bytes)
         copied = f"; copied: {', '.join(info.others)}" if info.others else ""
         print(f"{info.path}: {info.describe()} -> {job.dst} ({job.encoding.describe()}{copied})", file=sys.stderr)
         start = time.perf_counter()
