@@ -14,8 +14,8 @@ Pipeline: three threads joined by short bounded queues. The reader demuxes and d
 the GIL), the main thread runs the network, the writer converts to the output's pixel format, encodes and muxes,
 copying the other streams' packets in their order. The network sees one frame at a time on a CPU (pairs of
 480x270 frames gain nothing on the fastest CPU paths, ONNX Runtime and compile: ``benchmarks/video.py``) and on
-a GPU up to ``MAX_BATCH`` whole frames that fit ``--memory-budget`` at the peak memory one frame's forward is measured to
-take (a short last batch is padded, so a compiled back-end sees one shape).
+a GPU up to ``MAX_BATCH`` whole frames: as many as fit ``--memory-budget`` at the peak memory one frame's
+forward is measured to take (a short last batch is padded, so a compiled back-end sees one shape).
 """
 
 from __future__ import annotations
