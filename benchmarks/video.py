@@ -6,13 +6,14 @@ astronaut photo, a synthetic pattern where scikit-image is missing) with an audi
 back-end then upscales it x4 to 1920x1080 with the default encoder (libx264, CRF 18) as ``dsclora upscale``
 does, in rounds: per round and back-end, the network alone on the clip's decoded frames (one forward per frame,
 after two warm-up forwards), then the pipeline end to end. Ratio = pipeline time / network time of the same
-round; medians over rounds. Also measured: each back-end on pairs of frames against single frames (whether
-batching would gain), the pipeline with a network that costs nothing (nearest-neighbour x4: decoding, colour
-conversion and encoding alone), the RGB PSNR of the encoded output against the network's own frames (what the
+round, in wall-clock time and in this process's CPU time (on a machine shared with other jobs the wall clock
+moves with their load between the two passes; CPU time much less); medians over rounds. Also measured: each
+back-end on pairs of frames against single frames (whether batching would gain), the pipeline with a network
+that costs nothing (nearest-neighbour x4: decoding, colour conversion and encoding alone), the RGB PSNR of the encoded output against the network's own frames (what the
 default encoder loses), and libx264 at CRF 18 with the presets medium, fast and veryfast on those frames (CPU
 time, size, PSNR: why the default is veryfast).
 
-    python benchmarks/video.py [--frames 24] [--rounds 2] [--device cpu|cuda] [--json FILE]
+    python benchmarks/video.py [--frames 24] [--rounds 3] [--device cpu|cuda] [--json FILE]
 """
 
 from __future__ import annotations
@@ -92,20 +93,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def network_seconds(upscaler: TiledUpscaler, inputs: list[torch.Tensor], device: torch.device) -> float:
+def network_seconds(upscaler: TiledUpscaler, inputs: list[torch.Tensor], device: torch.device) -> tuple[float, float]:
+    """(wall, CPU) seconds of one forward per input."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for x in inputs:
         upscaler(x)
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def pipeline_seconds(job: VideoJob, upscaler: TiledUpscaler, device: torch.device, batch: int) -> tuple[float, int]:
-    start = time.perf_counter()
+def pipeline_seconds(
+    job: VideoJob, upscaler: TiledUpscaler, device: torch.device, batch: int
+) -> tuple[float, float, int]:
+    """(wall, CPU) seconds of the whole pipeline, and the frames it wrote."""
+    start, cpu = time.perf_counter(), time.process_time()
     frames = upscale_video(job, upscaler, device, VideoOptions(), batch, progress=False)
     sync(device)
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, time.process_time() - cpu, frames
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="weights name or file (default: the embedded model)")
     parser.add_argument("--frames", type=int, default=24, help="frames in the clip (default 24)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every back-end (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every back-end (default 3)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     parser.add_argument("--backends", nargs="*", default=None, help="back-ends to run (default: all)")
     parser.add_argument("--json", help="output (default benchmarks/results/video.json, video_cuda.json on a GPU)")
@@ -189,17 +194,21 @@ def main() -> None:
             for x in [*inputs[:2], *pairs[:2]]:  # warm-up (compiles the compiled path, both batch sizes)
                 upscalers[backend](x)
         nearest = TiledUpscaler(lambda x: x.repeat_interleave(4, 2).repeat_interleave(4, 3), loaded.scale)
-        times: dict[str, dict[str, list[float]]] = {n: {"network": [], "pipeline": [], "pairs": []} for n in upscalers}
+        keys = ("network", "pipeline", "pairs", "network_cpu", "pipeline_cpu")
+        times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in upscalers}
         io_only: list[float] = []
         for round_ in range(args.rounds):
             for name, upscaler in upscalers.items():
                 row = times[name]
                 batch = batch_size(device, upscaler, SIZE, 2 << 30)
-                row["network"].append(network_seconds(upscaler, inputs, device))
-                row["pairs"].append(network_seconds(upscaler, pairs, device) * len(inputs) / (2 * len(pairs)))
-                seconds, frames = pipeline_seconds(job, upscaler, device, batch)
+                wall, cpu = network_seconds(upscaler, inputs, device)
+                row["network"].append(wall)
+                row["network_cpu"].append(cpu)
+                row["pairs"].append(network_seconds(upscaler, pairs, device)[0] * len(inputs) / (2 * len(pairs)))
+                seconds, cpu, frames = pipeline_seconds(job, upscaler, device, batch)
                 assert frames == len(inputs), (frames, len(inputs))
                 row["pipeline"].append(seconds)
+                row["pipeline_cpu"].append(cpu)
                 print(
                     f"round {round_ + 1} {name}: network {len(inputs) / row['network'][-1]:.2f} frames/s "
                     f"({len(inputs) / row['pairs'][-1]:.2f} in pairs), pipeline {frames / seconds:.2f} frames/s",
@@ -226,17 +235,21 @@ def main() -> None:
         "rounds": args.rounds,
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "note": "a shared machine under load (see load_average_1min): medians over rounds; each round times the "
-        "network alone, the network on pairs of frames, then the pipeline, on the same back-end",
+        "network alone, the network on pairs of frames, then the pipeline, on the same back-end; the CPU-time "
+        "ratio (this process's CPU seconds) is less sensitive to other jobs than the wall-clock one",
         "backends": {},
     }
     for name, row in times.items():
         ratios = [p / q for p, q in zip(row["pipeline"], row["network"], strict=True)]
+        cpu_ratios = [p / q for p, q in zip(row["pipeline_cpu"], row["network_cpu"], strict=True)]
         pair_ratios = [p / q for p, q in zip(row["pairs"], row["network"], strict=True)]
         results["backends"][name] = {
             "network_frames_per_s": n / statistics.median(row["network"]),
             "network_ms_per_frame": statistics.median(row["network"]) / n * 1e3,
             "pipeline_frames_per_s": n / statistics.median(row["pipeline"]),
             "pipeline_over_network": statistics.median(ratios),
+            "pipeline_over_network_rounds": ratios,
+            "pipeline_over_network_cpu_time": statistics.median(cpu_ratios),
             "batch2_over_batch1_time": statistics.median(pair_ratios),
         }
     results["decode_convert_encode_only_frames_per_s"] = n / statistics.median(io_only)
@@ -244,11 +257,12 @@ def main() -> None:
     results["output_kib_per_frame"] = output_kib
     results["libx264_crf18_presets"] = presets
     print(f"{results['cpu']}, {results['cpu_threads']} threads; {n} frames 480x270 -> 1920x1080, {results['encoder']}")
-    print(f"{'back-end':<16}{'network f/s':>12}{'pipeline f/s':>14}{'ratio':>8}{'batch 2 / 1':>13}")
+    print(f"{'back-end':<16}{'network f/s':>12}{'pipeline f/s':>14}{'ratio':>8}{'CPU ratio':>11}{'batch 2 / 1':>13}")
     for name, row in results["backends"].items():
         print(
             f"{name:<16}{row['network_frames_per_s']:>12.2f}{row['pipeline_frames_per_s']:>14.2f}"
-            f"{row['pipeline_over_network']:>7.2f}x{row['batch2_over_batch1_time']:>12.2f}x"
+            f"{row['pipeline_over_network']:>7.2f}x{row['pipeline_over_network_cpu_time']:>10.2f}x"
+            f"{row['batch2_over_batch1_time']:>12.2f}x"
         )
     print(f"decode + convert + encode alone: {results['decode_convert_encode_only_frames_per_s']:.1f} frames/s")
     print(f"encoded output vs the network's frames: {fidelity:.2f} dB RGB PSNR, {output_kib:.0f} KiB/frame")
