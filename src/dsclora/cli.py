@@ -81,6 +81,24 @@ def _overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    """SECONDS (e.g. 90 or 1.5) or [HH:]MM:SS[.FRACTION] (e.g. 1:30 or 0:01:30.5)."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or [HH:]MM:SS, got {text!r}") from None
+    if len(parts) > 3 or any(p < 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+        raise argparse.ArgumentTypeError(f"expected seconds or [HH:]MM:SS, got {text!r}")
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -147,6 +165,45 @@ def _runtime_options(parser: argparse.ArgumentParser, tiling: bool = True) -> No
         )
 
 
+def _video_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("videos (need the video extra: pip install 'dsclora[video]')")
+    group.add_argument(
+        "--codec",
+        default=None,
+        help="video encoder: h264 (libx264, the default), h265 (libx265), av1 (libsvtav1), vp9 (libvpx-vp9), ffv1 "
+        "(lossless: stores the model's RGB output exactly), or any FFmpeg video encoder's name",
+    )
+    group.add_argument(
+        "--crf",
+        type=_int_at_least(0),
+        default=None,
+        help="constant quality of h264 / h265 / av1 / vp9, lower is better (default: visually lossless, 18 for "
+        "h264 and 23 for h265; the encoder's own default for av1 and vp9)",
+    )
+    group.add_argument(
+        "--pix-fmt",
+        default=None,
+        metavar="FMT",
+        help="the encoded pixel format, e.g. yuv420p, yuv444p, yuv420p10le (default: the input's where the encoder "
+        "takes it, else 4:2:0 at the input's bit depth; ffv1: RGB)",
+    )
+    group.add_argument(
+        "--codec-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the encoder, repeatable, e.g. preset=medium (libx264 runs veryfast here unless told), "
+        "tune=film, x265-params=...; one the encoder does not know is refused",
+    )
+    group.add_argument(
+        "--start", type=_seconds, default=0.0, metavar="TIME", help="begin at this time (seconds or [HH:]MM:SS)"
+    )
+    group.add_argument(
+        "--duration", type=_seconds, default=None, metavar="TIME", help="upscale only this long a piece (try first)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dsclora",
@@ -159,17 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "upscale",
-        help="super-resolve images, folders or globs",
-        description="Super-resolve images. Inputs are never overwritten; existing outputs are refused unless "
-        "--overwrite or --skip-existing says what to do.",
+        help="super-resolve images, videos, folders or globs",
+        description="Super-resolve images and videos. Inputs are never overwritten; existing outputs are refused "
+        "unless --overwrite or --skip-existing says what to do. A video keeps its audio, subtitles and other "
+        "streams (copied, not re-encoded), its time stamps, frame rate and colour tags; it is written as "
+        "OUTDIR/<name>_x<S>.mkv, or as the file -o names.",
     )
-    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (their images) or glob patterns")
-    up.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created)")
+    up.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image or video files, folders (their images) or glob patterns; a video is recognised by probing it",
+    )
+    up.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTDIR",
+        help="folder for the results (created); for a single video input also a file name whose suffix picks the "
+        "container (.mkv, .mp4, .mov, .webm, ...)",
+    )
     up.add_argument("--weights", default=None, help=WEIGHTS_HELP + ", or bicubic (needs --scale); default: default")
     up.add_argument("--scale", type=_scale, default=None, help="upscaling factor; only needed for --weights bicubic")
     up.add_argument("--ext", default="png", help="output format by file suffix: png (default), jpg, webp, tif, bmp")
     up.add_argument(
-        "--suffix", default="", help="added to every output's name, e.g. _x4 (default: none; no '/' or '..')"
+        "--suffix",
+        default=None,
+        help="added to every output's name, e.g. _x4 (default: none for images, _x<S> for videos; no '/' or '..')",
     )
     up.add_argument("--recursive", action="store_true", help="also take images in sub-folders, mirroring the tree")
     existing = up.add_mutually_exclusive_group()
@@ -182,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse inputs with more pixels than this (default 16384²); raises Pillow's own bomb limit to match",
     )
     _runtime_options(up)
+    _video_options(up)
     up.set_defaults(func="upscale")
 
     ev = sub.add_parser(

@@ -107,34 +107,48 @@ def upscale(args: argparse.Namespace) -> int:
     from dsclora.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
     from dsclora.fs import check_output_folder
     from dsclora.runtime import upscale as pipeline
+    from dsclora.runtime import video
     from dsclora.weights.load import input_files, load
 
     ext = "." + args.ext.lower().lstrip(".")
     if ext not in IMAGE_SUFFIXES:
         raise DscloraError(f"--ext {args.ext}: unsupported output format (use one of {', '.join(IMAGE_SUFFIXES)})")
     device = _check_runtime(args)
-    outdir = check_output_folder(args.output, "-o")
+    options = video.VideoOptions(args.codec, args.crf, args.pix_fmt, args.start, args.duration, dict(args.codec_option))
+    videos = video.VideoRequest.from_inputs(args.inputs, args.output, args.recursive, options)  # each one probed
+    outdir = check_output_folder(videos.folder, "-o")
     existing = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"
-    plan = pipeline.plan(args.inputs, outdir, ext, args.suffix, args.recursive, existing, input_files(args.weights))
+    weights_files = input_files(args.weights)
+    plan = pipeline.Plan([])
+    if videos.images:
+        plan = pipeline.plan(videos.images, outdir, ext, args.suffix or "", args.recursive, existing, weights_files)
     if plan.ignored_in_subfolders:
         print(
             f"note: {plan.ignored_in_subfolders} image(s) in sub-folders not taken (add --recursive)", file=sys.stderr
         )
     for dst in plan.skipped_existing:
         print(f"skipped (exists): {dst}", file=sys.stderr)
-    if not plan.jobs:
+    if not plan.jobs and not videos.infos:
         print("nothing to do: every output exists")
         return 0
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     sizes = [(i.height, i.width) for i in pipeline.verify_inputs(plan.jobs, max_pixels)]  # before the model
     loaded = load(args.weights, device, args.scale)
-    upscaler = _upscaler(args, loaded, device, sizes)
-    failures = pipeline.run(plan.jobs, upscaler, device, max_pixels, _progress())
+    video_jobs, skipped = videos.plan(args.suffix, loaded.scale, existing, [dst for _, dst in plan.jobs], weights_files)
+    for dst in skipped:
+        print(f"skipped (exists): {dst}", file=sys.stderr)
+    if not plan.jobs and not video_jobs:
+        print("nothing to do: every output exists")
+        return 0
+    upscaler = _upscaler(args, loaded, device, sizes + videos.sizes())
+    failures = pipeline.run(plan.jobs, upscaler, device, max_pixels, _progress()) if plan.jobs else 0
     done = len(plan.jobs) - failures
     if done:
         print(f"wrote {done} image(s) to {outdir} (x{loaded.scale})")
+    failures += video.run(video_jobs, upscaler, device, options, _progress(), args.memory_budget * 2**20)
     if failures:
-        print(f"dsclora: {failures} of {len(plan.jobs)} image(s) failed, each named above", file=sys.stderr)
+        total = len(plan.jobs) + len(video_jobs)
+        print(f"dsclora: {failures} of {total} input(s) failed, each named above", file=sys.stderr)
     return EXIT_FAILED if failures else 0
 
 

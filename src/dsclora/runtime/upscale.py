@@ -83,6 +83,12 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[
     return list(unique.items()), ignored
 
 
+def check_suffix(suffix: str) -> None:
+    """``--suffix`` stays in the file name: it cannot lead an output into another folder."""
+    if any(bad in suffix for bad in ("/", os.sep, os.altsep or "/", "..", "\0")):
+        raise DscloraError(f"--suffix {suffix!r}: a suffix stays in the file name (no '/', '..' or NUL)")
+
+
 def plan(
     inputs: Sequence[str],
     outdir: Path,
@@ -95,8 +101,7 @@ def plan(
     """Every output path, checked by the one output policy (``fs.check_outputs``): never an input (an image, or
     what ``also_read`` names: the weights and their card), never two inputs on one output, existing files as
     asked."""
-    if any(bad in suffix for bad in ("/", os.sep, os.altsep or "/", "..", "\0")):
-        raise DscloraError(f"--suffix {suffix!r}: a suffix stays in the file name (no '/', '..' or NUL)")
+    check_suffix(suffix)
     files, ignored = expand_inputs(inputs, recursive)
     jobs = [(src, outdir / rel.parent / f"{rel.stem}{suffix}{ext}") for src, rel in files]
     check_outputs(
