@@ -59,18 +59,31 @@ def _tile_overlap(args: argparse.Namespace, loaded) -> int:
     return radius
 
 
+def _runner(args: argparse.Namespace, loaded, device, shapes: dict, extra: str = ""):
+    """(runner, resolved choice): ``auto`` back-end / precision resolved in autotune, the result printed."""
+    from dsclora.runtime.autotune import resolve
+    from dsclora.runtime.backends import make_runner
+
+    choice = resolve(loaded, args.backend, device, args.precision, shapes)
+    runner = make_runner(loaded, choice.backend, device, choice.precision, choice.pad)
+    asked = [f"{name} auto" for name in ("backend", "precision") if getattr(args, name) == "auto"]
+    note = f" ({', '.join(asked)}: {choice.why})" if asked else ""
+    print(f"backend: {choice.label}, precision {choice.precision}{extra}{note}", file=sys.stderr)
+    return runner, choice
+
+
 def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, int]]):
-    """The loaded model as a ``TiledUpscaler``: back-end resolved (``auto`` in autotune), tile chosen, both printed."""
+    """(the loaded model as a ``TiledUpscaler``, the precision it computes in): back-end and precision resolved
+    (``auto`` in autotune), tile chosen, all printed."""
     from dsclora.measure.profiling import conv_statistics
     from dsclora.models.ensemble import SelfEnsemble
-    from dsclora.runtime.autotune import resolve_backend
-    from dsclora.runtime.backends import make_runner
     from dsclora.runtime.tiling import TiledUpscaler
     from dsclora.runtime.upscale import auto_tile
     from dsclora.weights.load import BICUBIC
 
     if loaded.arch == BICUBIC:  # runs as it is
-        return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, args.tile_overlap or loaded.receptive_radius)
+        overlap = args.tile_overlap or loaded.receptive_radius
+        return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, overlap), "fp32"
     tile = args.tile or 0
     if args.tile is None and sizes:  # auto: from the network's activations per pixel, measured on a small probe
         probe = 64 // loaded.size_multiple * loaded.size_multiple or loaded.size_multiple
@@ -84,13 +97,10 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
     upscaler = TiledUpscaler(loaded.module, loaded.scale, tile, overlap)
     shapes = upscaler.forward_shapes(sizes)
     shapes = {shape: n * args.self_ensemble for shape, n in shapes.items()}
-    choice = resolve_backend(loaded, args.backend, device, args.precision, shapes)
-    runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
-    upscaler.runner = SelfEnsemble(runner, args.self_ensemble) if args.self_ensemble > 1 else runner
-    note = f" ({args.backend}: {choice.why})" if args.backend == "auto" else ""
     ensemble = ", x8 self-ensemble" if args.self_ensemble > 1 else ""
-    print(f"backend: {choice.label}, precision {args.precision}{ensemble}{note}", file=sys.stderr)
-    return upscaler
+    runner, choice = _runner(args, loaded, device, shapes, ensemble)
+    upscaler.runner = SelfEnsemble(runner, args.self_ensemble) if args.self_ensemble > 1 else runner
+    return upscaler, choice.precision
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -121,7 +131,7 @@ def upscale(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     sizes = [image_size(src, max_pixels) for src, _ in plan.jobs]  # every input's header, before the model
     loaded = load(args.weights, device, args.scale)
-    upscaler = _upscaler(args, loaded, device, sizes)
+    upscaler, _ = _upscaler(args, loaded, device, sizes)
     failures = pipeline.run(plan.jobs, upscaler, device, max_pixels, _progress())
     done = len(plan.jobs) - failures
     if done:
@@ -145,14 +155,14 @@ def evaluate(args: argparse.Namespace) -> int:
     loaded = load(args.weights, device, args.scale)
     for root in args.data:  # every folder's layout checked before the first image is computed
         find_pairs(root, loaded.scale)
-    upscaler = _upscaler(args, loaded, device, [])
+    upscaler, precision = _upscaler(args, loaded, device, [])
     results = [evaluate_dataset(upscaler, root, loaded.scale, device, _progress()) for root in args.data]
     print(f"weights: {loaded.label}   scale: x{loaded.scale}   (Y: BT.601, border {loaded.scale}; RGB PSNR as NTIRE)")
     print(f"{'dataset':<16}{'images':>7}{'PSNR-Y':>9}{'SSIM-Y':>9}{'PSNR-RGB':>10}")
     for r in results:
         print(f"{r['dataset']:<16}{r['images']:>7}{r['psnr_y']:>9.3f}{r['ssim_y']:>9.4f}{r['psnr_rgb']:>10.3f}")
     if args.json:
-        payload = {"weights": loaded.label, "scale": loaded.scale, "precision": args.precision}
+        payload = {"weights": loaded.label, "scale": loaded.scale, "precision": precision}
         payload |= {"self_ensemble": args.self_ensemble, "datasets": results}
         with atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(payload, indent=2))
@@ -164,8 +174,6 @@ def profile(args: argparse.Namespace) -> int:
 
     from dsclora.fs import atomic_write, check_output_file
     from dsclora.measure.profiling import ntire_report, profile
-    from dsclora.runtime.autotune import resolve_backend
-    from dsclora.runtime.backends import make_runner
     from dsclora.weights.load import load
 
     if args.ntire and not args.data:
@@ -180,11 +188,9 @@ def profile(args: argparse.Namespace) -> int:
     device = _check_runtime(args)
     loaded = load(args.weights, device, network=True)
     h, w = args.size
-    choice = resolve_backend(loaded, args.backend, device, args.precision, {(h, w): args.warmup + args.runs})
-    runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
-    print(f"backend: {choice.label}, precision {args.precision}", file=sys.stderr)
+    runner, choice = _runner(args, loaded, device, {(h, w): args.warmup + args.runs})
     figures = {"weights": loaded.label, "architecture": loaded.arch, "scale": loaded.scale}
-    figures |= {"backend": choice.label, "precision": args.precision}
+    figures |= {"backend": choice.label, "precision": choice.precision}
     figures |= profile(loaded.runnable(), runner, (1, loaded.in_channels, h, w), args.runs, args.warmup)
     size = f" {' '.join(loaded.hooks.size_tags)}" if loaded.hooks.size_tags else ""
     print(f"model        {loaded.label} ({loaded.arch}{size}, x{loaded.scale})")
