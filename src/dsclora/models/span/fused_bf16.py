@@ -26,6 +26,7 @@ rewrite itself is exact, only the bf16 roundings differ.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dsclora.models.rounding import bf16_keeping_sums
@@ -48,6 +49,13 @@ class _Conv(nn.Module):
         self.padding = conv.padding[0]
 
     def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # aten convs, which Inductor lowers to the same oneDNN op with SiLU as a post-op (handed this op
+            # directly it computed it in fp32, converting the bf16 weights on every call); the bias in the
+            # weight's dtype, as aten's conv wants it
+            bias = self.bias.to(self.weight.dtype) if self.bias is not None else None
+            y = F.conv2d(x, self.weight, bias, padding=self.padding)
+            return F.silu(y) if silu else y
         pad, one = [self.padding, self.padding], [1, 1]
         attr = "swish" if silu else "none"  # oneDNN's name for SiLU
         return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, pad, one, one, 1, attr, [], None)
