@@ -11,11 +11,14 @@ fused into the convs as oneDNN post-ops) removes most element-wise passes. Freez
 that must be active while a graph compiles, so the compiled runner patches it around every call (passed as
 ``torch.compile(options={"freezing": True})`` it left the convs unfrozen with torch 2.13: 10 % slower).
 
-Plain bf16 autocast is ~3x faster than eager fp32 but quantises every tensor, the output too, to an 8-bit
-mantissa (about half a grey level), which costs 0.01-0.016 dB Y-PSNR. ``bf16-accurate`` keeps in fp32 the convs that read the x255-scaled input (conv_1 and
-its folded conv_cat term) and the upsampler that writes the output; the other convs run in bf16 but hand
-fp32 on, and every element-wise op stays fp32: within 0.005 dB of fp32 on Set5 and B100 (measured: moving
-the conv_2 / conv_cat terms to bf16 too changes nothing measurable); compiled, ~3x faster than eager fp32.
+Plain bf16 autocast quantises every tensor, the output too, to an 8-bit mantissa (about half a grey level),
+which costs 0.01-0.02 dB Y-PSNR. ``bf16-accurate`` runs the architecture's own bf16 form where it has one on a
+CPU (SPAN: ``BF16SPAN``, block convs and projections in bf16, fp32 where bf16 would cost accuracy; see its
+module) and otherwise a generic policy for any network: the input- and output-side convs (``fp32_layers``, or
+the first and last conv) stay fp32, the others run in bf16 under autocast with kernel-sum-keeping weights
+(``models.rounding``) and hand fp32 on, so every element-wise op stays fp32. ``benchmarks/infer.py`` measures
+both against fp32 (speed, Y-PSNR on Set5 and B100); ``--precision auto`` (``autotune``) checks them on reference
+images before it may choose them.
 
 On a GPU, fp32 means IEEE fp32 convs (cuDNN's TF32 default is switched off around each call); fp16 / bf16 are
 autocast; ``cudnn.benchmark`` picks the fastest conv algorithm per shape; ``compile`` uses
