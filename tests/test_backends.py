@@ -11,13 +11,17 @@ from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.errors import DscloraError
 from dsclora.measure.metrics import psnr_y
+from dsclora.models.rounding import bf16_keeping_sums
+from dsclora.models.span import BF16SPAN, FusedSPAN
+from dsclora.models.span.fused import pixel_shuffle_to_nchw
 from dsclora.models.span.padding import pad_channels
-from dsclora.runtime.autotune import resolve_backend
-from dsclora.runtime.backends import make_runner
+from dsclora.runtime.autotune import resolve
+from dsclora.runtime.backends import accurate_bf16_copy, make_runner
+from dsclora.runtime.reference import MAX_ABS_CHANGE, accuracy, reference_pairs
 from dsclora.runtime.tiling import TiledUpscaler
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
-from support import lr_photos, make_benchmark
+from support import benchmark_set, lr_photos
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
     with torch.no_grad():
         reference = dscf.module(x)
     cpu = torch.device("cpu")
-    choice = resolve_backend(dscf, backend, cpu)
+    choice = resolve(dscf, backend, cpu)
     assert choice.backend != "auto"
     runner = make_runner(dscf, choice.backend, cpu, pad=choice.pad)
     assert (runner(x) - reference).abs().max().item() <= 1e-4
@@ -48,14 +52,19 @@ def test_exact_backends_match_reference(dscf, backend: str) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "precision", "budget_db"),
-    [("channels_last", "bf16", 0.05), ("channels_last", "bf16-accurate", 0.005), ("compile", "bf16-accurate", 0.005)],
+    [
+        ("channels_last", "bf16", 0.05),
+        ("channels_last", "bf16-accurate", 0.005),  # SPAN's own bf16 form (BF16SPAN)
+        ("torch", "bf16-accurate", 0.005),  # the generic policy, on the unfused SPAN
+        ("compile", "bf16-accurate", 0.005),
+    ],
 )
-def test_reduced_precision_psnr_change(dscf, tmp_path, backend: str, precision: str, budget_db: float) -> None:
+def test_reduced_precision_psnr_change_on_set5(dscf, backend: str, precision: str, budget_db: float) -> None:
+    """The bound is a claim about real photos of full size: Set5 (on five 32x32 crops one image moves 0.03 dB)."""
     runner = make_runner(dscf, backend, torch.device("cpu"), precision)
     ref_runner = make_runner(dscf, "torch", torch.device("cpu"))
     changes = []
-    photos = make_benchmark(tmp_path, count=5, height=128, width=128)
-    for pair in find_pairs(photos, 4):
+    for pair in find_pairs(benchmark_set("Set5"), 4):
         hr, lr = load_pair(pair, 4)
         x = to_tensor(lr)
         sr = to_uint8(to_array(runner(x)))
@@ -84,3 +93,73 @@ def test_channel_padding_is_exact_on_real_images(dscf, multiple: int) -> None:
     x = lr_image()[:, :, :40, :52]
     with torch.no_grad():
         assert (runner(x) - dscf.module(x)).abs().max().item() <= 1e-5
+
+
+def test_bf16span_is_fusedspan_when_computed_in_fp32(dscf) -> None:
+    """BF16SPAN's rewrite (bias of c3 after the conv, fp32 residual stream and joined sum, one-copy pixel
+    shuffle) is exact: with fp32 in place of bf16 it equals FusedSPAN on real images."""
+    fused = FusedSPAN.from_span(dscf.module)
+    work = BF16SPAN(fused, low=torch.float32).eval()
+    for index in range(3):
+        x = lr_image(index)
+        with torch.no_grad():
+            assert (work(x) - fused(x)).abs().max().item() <= 1e-5
+
+
+def test_pixel_shuffle_to_nchw_equals_pixel_shuffle() -> None:
+    y = torch.randn(1, 48, 7, 5)
+    want = torch.nn.functional.pixel_shuffle(y, 4)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = pixel_shuffle_to_nchw(y.contiguous(memory_format=layout), 4)
+        assert got.is_contiguous() and torch.equal(got, want)
+
+
+def test_rounding_keeps_kernel_sums() -> None:
+    """Nine taps of 1 + 0.4 ulp (bf16's ulp at 1 is 2^-7) all round to 1 to the nearest: the kernel's sum falls
+    3.6 ulp short. Keeping the sum rounds exactly four taps up instead (sum error 0.4 ulp), and every tap
+    stays one of its two bf16 neighbours."""
+    ulp = 2.0**-7
+    weight = torch.full((1, 1, 3, 3), 1 + 0.4 * ulp)
+    assert torch.equal(weight.to(torch.bfloat16).float(), torch.ones_like(weight))
+    kept = bf16_keeping_sums(weight)
+    assert torch.equal(kept.to(torch.bfloat16).float(), kept)  # exact bf16 values
+    assert int((kept == 1 + ulp).sum()) == 4 and int((kept == 1).sum()) == 5
+    assert abs((kept - weight).sum().item()) == pytest.approx(0.4 * ulp, rel=1e-3)
+    # on a real network: each kernel's sum no further from fp32 than nearest rounding leaves it
+    conv = FusedSPAN.from_span(load(None).module).blocks[0].c1_r.eval_conv.weight.detach()
+    kept, nearest = bf16_keeping_sums(conv), conv.to(torch.bfloat16).float()
+    assert ((kept - conv).abs() <= 2.0**-7 * conv.abs()).all()  # within one bf16 ulp of each weight
+    sums = (kept - conv).sum((2, 3)).abs(), (nearest - conv).sum((2, 3)).abs()
+    assert sums[0].mean() < sums[1].mean() / 4
+
+
+def test_generic_bf16_accurate_keeps_the_first_and_last_conv_in_fp32() -> None:
+    """Any network without an architecture policy: first and last conv (module order) fp32, the others bf16
+    with exact-bf16 weights, every conv handing fp32 on."""
+    net = torch.nn.Sequential(
+        *(torch.nn.Conv2d(3 if i == 0 else 8, 3 if i == 3 else 8, 3, padding=1) for i in range(4))
+    )
+    work = accurate_bf16_copy(net)
+    kinds = [type(module).__name__ for module in work]
+    assert kinds == ["_Float32", "_Float32Output", "_Float32Output", "_Float32"]
+    assert torch.equal(work[0].conv.weight, net[0].weight) and torch.equal(work[3].conv.weight, net[3].weight)
+    inner = work[1].conv.weight
+    assert torch.equal(inner.to(torch.bfloat16).float(), inner) and not torch.equal(inner, net[1].weight)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        out = work(x)
+    assert out.dtype == torch.float32 and (out - net(x)).abs().max().item() < 0.05
+
+
+def test_reference_check_tells_bf16_from_bf16_accurate() -> None:
+    """On the shipped reference images, the shipped network's bf16-accurate path stays within the bound of fp32
+    and plain bf16 does not; fp32 against itself changes nothing."""
+    shipped, cpu = load(None), torch.device("cpu")
+    pairs = reference_pairs(shipped.scale)
+    assert len(pairs) == 4 and all(hr.shape == (192, 192, 3) and lr.shape == (1, 3, 48, 48) for hr, lr in pairs)
+    fp32 = make_runner(shipped, "torch", cpu)
+    assert accuracy(fp32, fp32, shipped.scale, cpu).db_change == 0.0
+    accurate = accuracy(make_runner(shipped, "channels_last", cpu, "bf16-accurate"), fp32, shipped.scale, cpu)
+    plain = accuracy(make_runner(shipped, "channels_last", cpu, "bf16"), fp32, shipped.scale, cpu)
+    assert accurate.ok and not plain.ok
+    assert plain.max_abs > accurate.max_abs and accurate.max_abs < MAX_ABS_CHANGE

@@ -21,6 +21,7 @@ from dsclora.cli import build_parser, main
 from dsclora.data.images import to_tensor
 from dsclora.data.imresize import imresize
 from dsclora.fs import sha256_file
+from dsclora.runtime.reference import MAX_ABS_CHANGE
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
 from support import REPO, benchmark_set, make_benchmark
@@ -49,13 +50,19 @@ def model_output(weights: Path, rgb_uint8: np.ndarray) -> np.ndarray:
 
 
 def test_upscale_real_photo_equals_model_output(capsys, tmp_path: Path, photo_png: Path) -> None:
-    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "out"), "--weights", "default")
+    expected = model_output(embedded_weights(), np.asarray(Image.open(photo_png))).astype(int)
+    argv = ["upscale", str(photo_png), "--weights", "default"]
+    code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "out"), "--precision", "fp32")
     assert code == 0, err
     assert "upscale:" not in err and "img/s" not in err  # no progress bar drawn into a non-terminal
     result = np.asarray(Image.open(tmp_path / "out" / "astronaut.png"))
-    expected = model_output(embedded_weights(), np.asarray(Image.open(photo_png)))
     assert result.shape == (256, 320, 3)
-    assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(result.astype(int) - expected).max() <= 1
+    # the default (--precision auto) is fp32 or a precision within auto's reference bound of it
+    code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "auto"))
+    assert code == 0 and "precision auto:" in err, err
+    result = np.asarray(Image.open(tmp_path / "auto" / "astronaut.png")).astype(int)
+    assert np.abs(result - expected).max() <= round(MAX_ABS_CHANGE * 255) + 1
 
 
 def test_upscale_folder_and_glob(capsys, tmp_path: Path, photo_png: Path) -> None:
@@ -71,7 +78,8 @@ def test_upscale_folder_and_glob(capsys, tmp_path: Path, photo_png: Path) -> Non
 
 def test_upscale_cli_tiling_matches(capsys, tmp_path: Path, photo_png: Path) -> None:
     for name, extra in (("whole", ["--tile", "0"]), ("tiled", ["--tile", "32"])):
-        code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / name), *extra)
+        argv = ["upscale", str(photo_png), "-o", str(tmp_path / name), "--precision", "fp32", *extra]
+        code, _, err = run_cli(capsys, *argv)
         assert code == 0, err
     a = np.asarray(Image.open(tmp_path / "whole" / "astronaut.png")).astype(int)
     b = np.asarray(Image.open(tmp_path / "tiled" / "astronaut.png")).astype(int)
@@ -385,14 +393,14 @@ def test_upscale_auto_weighs_the_job_and_says_why(capsys, monkeypatch, tmp_path:
     seen = []
     real_choose = autotune.choose
 
-    def spy(timings, shapes=None):
+    def spy(timings, shapes=None, eager=None):
         seen.append(dict(shapes or {}))
-        return real_choose(timings, shapes)
+        return real_choose(timings, shapes, eager)
 
     monkeypatch.setattr(autotune, "choose", spy)
     code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "a"))
     assert code == 0, err
-    assert "(auto: fastest eager path measured on this machine)" in err
+    assert "(backend auto, precision auto: " in err and "back-end: fastest eager path measured on this machine)" in err
     # 80x64 image, tiles of 32 with the model's 21-pixel overlap: 2 x 3 windows of 64x74 (clipped to the height)
     code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "b"), "--tile", "32")
     assert code == 0, err
@@ -853,3 +861,14 @@ def test_auto_tile_when_a_whole_image_exceeds_the_memory_budget(capsys, tmp_path
     a = np.asarray(Image.open(tmp_path / "a" / "big.png")).astype(int)
     b = np.asarray(Image.open(tmp_path / "b" / "big.png")).astype(int)
     assert np.abs(a - b).max() <= 1  # tiles with the receptive radius: the same image
+
+
+def test_eval_records_the_precision_it_computed_in(capsys, tmp_path: Path) -> None:
+    """Published figures are fp32 unless asked otherwise, and the JSON always says which precision made them."""
+    argv = ["eval", "--data", str(make_benchmark(tmp_path / "Set", count=1, height=48, width=48))]
+    code, _, err = run_cli(capsys, *argv, "--json", str(tmp_path / "a.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "a.json").read_text())["precision"] == "fp32"
+    code, _, err = run_cli(capsys, *argv, "--precision", "auto", "--json", str(tmp_path / "b.json"))
+    chosen = json.loads((tmp_path / "b.json").read_text())["precision"]
+    assert code == 0 and f"precision {chosen} (" in err and "precision auto: " in err, err

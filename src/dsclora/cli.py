@@ -112,7 +112,9 @@ def _size(text: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ options
 
 
-def _runtime_options(parser: argparse.ArgumentParser, tiling: bool = True) -> None:
+def _runtime_options(parser: argparse.ArgumentParser, tiling: bool = True, precision: str = "fp32") -> None:
+    """--device, --backend, --precision (default ``precision``: auto where speed is the point, fp32 where figures
+    are published) and, with ``tiling``, the tiling and self-ensemble options."""
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (default: cuda if available, else cpu)"
     )
@@ -126,10 +128,13 @@ def _runtime_options(parser: argparse.ArgumentParser, tiling: bool = True) -> No
     )
     parser.add_argument(
         "--precision",
-        default="fp32",
-        choices=["fp32", "bf16", "bf16-accurate", "fp16"],
-        help="fp32 (exact; default); bf16 (fastest on CPUs with bf16, ~0.01 dB lower); bf16-accurate (bf16 convs, "
-        "fp32 elsewhere: within 0.005 dB); fp16 (GPU only)",
+        default=precision,
+        choices=["auto", "fp32", "bf16", "bf16-accurate", "fp16"],
+        help=f"default {precision}. auto: the fastest precision this device computes natively whose output stays "
+        "within 0.005 dB Y-PSNR and 8/255 of fp32 on reference images shipped with dsclora (checked and timed once "
+        "per machine, network and back-end; printed with its reason; fp32 where bf16 is only emulated); fp32: "
+        "exact; bf16-accurate: bf16 convs, fp32 where bf16 would cost accuracy; bf16: everything bf16 (fastest, "
+        "~0.01-0.02 dB lower); fp16: GPU only",
     )
     if tiling:
         parser.add_argument(
@@ -254,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse inputs with more pixels than this (default 16384²); raises Pillow's own bomb limit to match",
     )
-    _runtime_options(up)
+    _runtime_options(up, precision="auto")
     _video_options(up)
     up.set_defaults(func="upscale")
 

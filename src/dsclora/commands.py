@@ -69,17 +69,30 @@ def _bytes_per_pixel(loaded) -> float:
     return forward_bytes_per_pixel(activations / side**2, loaded.scale)
 
 
-def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, int]]):
-    """The loaded model as a ``TiledUpscaler``: back-end resolved (``auto`` in autotune), tile chosen, both printed."""
-    from dsclora.models.ensemble import SelfEnsemble
-    from dsclora.runtime.autotune import resolve_backend
+def _runner(args: argparse.Namespace, loaded, device, shapes: dict, extra: str = ""):
+    """(runner, resolved choice): ``auto`` back-end / precision resolved in autotune, the result printed."""
+    from dsclora.runtime.autotune import resolve
     from dsclora.runtime.backends import make_runner
+
+    choice = resolve(loaded, args.backend, device, args.precision, shapes)
+    runner = make_runner(loaded, choice.backend, device, choice.precision, choice.pad)
+    asked = [f"{name} auto" for name in ("backend", "precision") if getattr(args, name) == "auto"]
+    note = f" ({', '.join(asked)}: {choice.why})" if asked else ""
+    print(f"backend: {choice.label}, precision {choice.precision}{extra}{note}", file=sys.stderr)
+    return runner, choice
+
+
+def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, int]]):
+    """(the loaded model as a ``TiledUpscaler``, the precision it computes in): back-end and precision resolved
+    (``auto`` in autotune), tile chosen, all printed."""
+    from dsclora.models.ensemble import SelfEnsemble
     from dsclora.runtime.tiling import TiledUpscaler
     from dsclora.runtime.upscale import auto_tile
     from dsclora.weights.load import BICUBIC
 
     if loaded.arch == BICUBIC:  # runs as it is
-        return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, args.tile_overlap or loaded.receptive_radius)
+        overlap = args.tile_overlap or loaded.receptive_radius
+        return TiledUpscaler(loaded.module, loaded.scale, args.tile or 0, overlap), "fp32"
     tile = args.tile or 0
     if args.tile is None and sizes:
         budget = args.memory_budget * 2**20
@@ -91,13 +104,10 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
     upscaler = TiledUpscaler(loaded.module, loaded.scale, tile, overlap)
     shapes = upscaler.forward_shapes(sizes)
     shapes = {shape: n * args.self_ensemble for shape, n in shapes.items()}
-    choice = resolve_backend(loaded, args.backend, device, args.precision, shapes)
-    runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
-    upscaler.runner = SelfEnsemble(runner, args.self_ensemble) if args.self_ensemble > 1 else runner
-    note = f" ({args.backend}: {choice.why})" if args.backend == "auto" else ""
     ensemble = ", x8 self-ensemble" if args.self_ensemble > 1 else ""
-    print(f"backend: {choice.label}, precision {args.precision}{ensemble}{note}", file=sys.stderr)
-    return upscaler
+    runner, choice = _runner(args, loaded, device, shapes, ensemble)
+    upscaler.runner = SelfEnsemble(runner, args.self_ensemble) if args.self_ensemble > 1 else runner
+    return upscaler, choice.precision
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -140,7 +150,7 @@ def upscale(args: argparse.Namespace) -> int:
     if not plan.jobs and not video_jobs:
         print("nothing to do: every output exists")
         return 0
-    upscaler = _upscaler(args, loaded, device, sizes + videos.sizes())
+    upscaler, _ = _upscaler(args, loaded, device, sizes + videos.sizes())
     failures = pipeline.run(plan.jobs, upscaler, device, max_pixels, _progress()) if plan.jobs else 0
     done = len(plan.jobs) - failures
     if done:
@@ -166,14 +176,14 @@ def evaluate(args: argparse.Namespace) -> int:
     loaded = load(args.weights, device, args.scale)
     for root in args.data:  # every pair decoded and its sizes checked before the first image is computed
         check_dataset(root, loaded.scale)
-    upscaler = _upscaler(args, loaded, device, [])
+    upscaler, precision = _upscaler(args, loaded, device, [])
     results = [evaluate_dataset(upscaler, root, loaded.scale, device, _progress()) for root in args.data]
     print(f"weights: {loaded.label}   scale: x{loaded.scale}   (Y: BT.601, border {loaded.scale}; RGB PSNR as NTIRE)")
     print(f"{'dataset':<16}{'images':>7}{'PSNR-Y':>9}{'SSIM-Y':>9}{'PSNR-RGB':>10}")
     for r in results:
         print(f"{r['dataset']:<16}{r['images']:>7}{r['psnr_y']:>9.3f}{r['ssim_y']:>9.4f}{r['psnr_rgb']:>10.3f}")
     if args.json:
-        payload = {"weights": loaded.label, "scale": loaded.scale, "precision": args.precision}
+        payload = {"weights": loaded.label, "scale": loaded.scale, "precision": precision}
         payload |= {"self_ensemble": args.self_ensemble, "datasets": results}
         write_json(args.json, payload)
     return 0
@@ -185,8 +195,6 @@ def profile(args: argparse.Namespace) -> int:
     from dsclora.fs import check_outputs, write_json
     from dsclora.measure.evaluate import check_dataset
     from dsclora.measure.profiling import ntire_report, profile
-    from dsclora.runtime.autotune import resolve_backend
-    from dsclora.runtime.backends import make_runner
     from dsclora.runtime.upscale import check_forward_memory
     from dsclora.weights.load import input_files, load
 
@@ -207,11 +215,9 @@ def profile(args: argparse.Namespace) -> int:
     check_forward_memory(h, w, _bytes_per_pixel(loaded), device, "--size")
     if args.ntire:
         check_dataset(args.data, loaded.scale)
-    choice = resolve_backend(loaded, args.backend, device, args.precision, {(h, w): args.warmup + args.runs})
-    runner = make_runner(loaded, choice.backend, device, args.precision, choice.pad)
-    print(f"backend: {choice.label}, precision {args.precision}", file=sys.stderr)
+    runner, choice = _runner(args, loaded, device, {(h, w): args.warmup + args.runs})
     figures = {"weights": loaded.label, "architecture": loaded.arch, "scale": loaded.scale}
-    figures |= {"backend": choice.label, "precision": args.precision}
+    figures |= {"backend": choice.label, "precision": choice.precision}
     figures |= profile(loaded.runnable(), runner, (1, loaded.in_channels, h, w), args.runs, args.warmup)
     size = f" {' '.join(loaded.hooks.size_tags)}" if loaded.hooks.size_tags else ""
     print(f"model        {loaded.label} ({loaded.arch}{size}, x{loaded.scale})")

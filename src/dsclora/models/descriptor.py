@@ -45,12 +45,15 @@ class ArchHooks:
       ``class_name`` (buildable without arguments), and the state dict that class loads strictly;
     - ``adapter_rules()``: the architecture's default ConvLoRA placement;
     - ``feature_layers``: module names whose outputs spatial-affinity distillation compares by default;
+    - ``accurate_bf16_form(fast_module)``: the architecture's own ``bf16-accurate`` form of its fast form (SPAN:
+      BF16SPAN, bf16 convs with fp32 where bf16 would cost accuracy); without it, a generic policy is used;
     - ``fp32_layers``: name prefixes of layers that reduced-precision paths keep in fp32 (input- and output-side);
     - ``size_tags``: the architecture's size in OpenModelDB's words (e.g. ``26nf``, ``6nb``).
     """
 
     fast_form: Callable[[nn.Module], nn.Module] | None = None
     pad_channels: Callable[[nn.Module, int], nn.Module] | None = None
+    accurate_bf16_form: Callable[[nn.Module], nn.Module] | None = None
     train_form: Callable[..., nn.Module] | None = None
     ntire_module: Callable[[nn.Module, str], tuple[str, dict[str, torch.Tensor]]] | None = None
     adapter_rules: Callable[[], list[Rule]] | None = None

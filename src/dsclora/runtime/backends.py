@@ -11,11 +11,14 @@ fused into the convs as oneDNN post-ops) removes most element-wise passes. Freez
 that must be active while a graph compiles, so the compiled runner patches it around every call (passed as
 ``torch.compile(options={"freezing": True})`` it left the convs unfrozen with torch 2.13: 10 % slower).
 
-Plain bf16 autocast is ~3x faster than eager fp32 but quantises every tensor, the output too, to an 8-bit
-mantissa (about half a grey level), which costs 0.01-0.016 dB Y-PSNR. ``bf16-accurate`` keeps in fp32 the convs that read the x255-scaled input (conv_1 and
-its folded conv_cat term) and the upsampler that writes the output; the other convs run in bf16 but hand
-fp32 on, and every element-wise op stays fp32: within 0.005 dB of fp32 on Set5 and B100 (measured: moving
-the conv_2 / conv_cat terms to bf16 too changes nothing measurable); compiled, ~3x faster than eager fp32.
+Plain bf16 autocast quantises every tensor, the output too, to an 8-bit mantissa (about half a grey level),
+which costs 0.01-0.02 dB Y-PSNR. ``bf16-accurate`` runs the architecture's own bf16 form where it has one on a
+CPU (SPAN: ``BF16SPAN``, block convs and projections in bf16, fp32 where bf16 would cost accuracy; see its
+module) and otherwise a generic policy for any network: the input- and output-side convs (``fp32_layers``, or
+the first and last conv) stay fp32, the others run in bf16 under autocast with kernel-sum-keeping weights
+(``models.rounding``) and hand fp32 on, so every element-wise op stays fp32. ``benchmarks/infer.py`` measures
+both against fp32 (speed, Y-PSNR on Set5 and B100); ``--precision auto`` (``autotune``) checks them on reference
+images before it may choose them.
 
 On a GPU, fp32 means IEEE fp32 convs (cuDNN's TF32 default is switched off around each call); fp16 / bf16 are
 autocast; ``cudnn.benchmark`` picks the fastest conv algorithm per shape; ``compile`` uses
@@ -37,6 +40,7 @@ from dsclora.errors import DscloraError
 from dsclora.export.onnx import OnnxOptions, onnx_bytes, onnxruntime_session
 from dsclora.models.adapters import replace_module
 from dsclora.models.descriptor import ModelDescriptor
+from dsclora.models.rounding import bf16_keeping_sums
 
 BACKENDS = ("torch", "channels_last", "compile", "onnxruntime")  # what --backend names besides auto
 PRECISIONS = ("fp32", "bf16", "bf16-accurate", "fp16")
@@ -66,15 +70,20 @@ class _Float32Output(nn.Module):
         return self.conv(x).float()
 
 
+@torch.no_grad()
 def accurate_bf16_copy(model: nn.Module, fp32_layers: tuple[str, ...] = ()) -> nn.Module:
-    """A copy for ``bf16-accurate``: convs named by ``fp32_layers`` (the architecture's input- and output-side
-    layers, e.g. SPAN's that read the x255 input or write the output) stay fp32, the others run in bf16 and hand
-    fp32 to what follows."""
+    """A copy for the generic ``bf16-accurate`` policy (any network): convs named by ``fp32_layers`` (the
+    architecture's input- and output-side layers, e.g. SPAN's that read the x255 input or write the output; where
+    it names none, the first and last conv in module order) stay fp32; the others run in bf16 under autocast with
+    weights rounded keeping kernel sums (``models.rounding``) and hand fp32 to what follows."""
     work = copy.deepcopy(model)
-    for name, module in list(work.named_modules()):
-        if isinstance(module, nn.Conv2d):
-            keep = bool(fp32_layers) and name.startswith(fp32_layers)
-            replace_module(work, name, _Float32(module) if keep else _Float32Output(module))
+    convs = [name for name, module in work.named_modules() if isinstance(module, nn.Conv2d)]
+    keep = [n for n in convs if n.startswith(fp32_layers)] if fp32_layers else convs[:1] + convs[-1:]
+    for name in convs:
+        conv = work.get_submodule(name)
+        if name not in keep and conv.weight.dtype == torch.float32:
+            conv.weight.copy_(bf16_keeping_sums(conv.weight))  # exact bf16 values: autocast's cast keeps them
+        replace_module(work, name, _Float32(conv) if name in keep else _Float32Output(conv))
     return work
 
 
@@ -95,9 +104,9 @@ def _ieee_fp32_convs() -> Iterator[None]:
 
 
 def _torch_runner(
-    model: nn.Module, device: torch.device, precision: str, channels_last: bool, compiled: bool = False
+    model: nn.Module, device: torch.device, dtype: torch.dtype | None, channels_last: bool, compiled: bool = False
 ) -> Runner:
-    dtype = _autocast_dtype(precision)
+    """``dtype``: what autocast computes in (None: no autocast)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if compiled:
@@ -135,14 +144,15 @@ def _onnxruntime_runner(model: nn.Module, device: torch.device, precision: str, 
 
 
 def check_combination(backend: str, device: torch.device, precision: str) -> None:
-    """Refuse, before any work, what cannot run: an unknown name, fp16 on a CPU, ONNX Runtime below fp32."""
+    """Refuse, before any work, what cannot run: an unknown name, fp16 on a CPU, ONNX Runtime below fp32
+    (``auto`` for either is resolved later, in ``autotune``, to something that runs)."""
     if backend not in ("auto", *BACKENDS):
         raise DscloraError(f"unknown backend {backend!r} (use auto, {', '.join(BACKENDS)})")
-    if precision not in PRECISIONS:
-        raise DscloraError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if precision not in ("auto", *PRECISIONS):
+        raise DscloraError(f"unknown precision {precision!r} (use auto, {', '.join(PRECISIONS)})")
     if precision == "fp16" and device.type == "cpu":
         raise DscloraError("--precision fp16 needs a GPU; on CPU use bf16 or bf16-accurate")
-    if backend == "onnxruntime" and precision != "fp32":
+    if backend == "onnxruntime" and precision not in ("fp32", "auto"):
         raise DscloraError("--backend onnxruntime runs fp32 only")
 
 
@@ -152,8 +162,8 @@ def make_runner(
     """A callable for the descriptor's (merged) network, already on ``device``; ``backend`` is one of ``BACKENDS``;
     ``pad`` > 0 needs an architecture with exact channel padding."""
     check_combination(backend, device, precision)
-    if backend == "auto":
-        raise ValueError("make_runner takes a concrete backend; autotune.resolve_backend decides what auto means")
+    if "auto" in (backend, precision):
+        raise ValueError("make_runner takes a concrete backend and precision; autotune.resolve decides what auto means")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one algorithm search per input shape, then the fastest kernel
     hooks = described.hooks
@@ -165,13 +175,16 @@ def make_runner(
     work = hooks.fast_form(source) if fast else copy.deepcopy(source).eval()
     for param in work.parameters():
         param.requires_grad_(False)
+    autocast = _autocast_dtype(precision)
     if precision == "bf16-accurate":
-        work = accurate_bf16_copy(work, hooks.fp32_layers)
+        own = hooks.accurate_bf16_form if fast and device.type == "cpu" else None
+        work = own(work) if own is not None else accurate_bf16_copy(work, hooks.fp32_layers)
+        autocast = None if own is not None else autocast  # the architecture's own form sets its dtypes itself
     work = described.runnable(work)
     if backend == "onnxruntime":
         return _onnxruntime_runner(work, device, precision, described.in_channels)
     if backend == "compile":
         mode = "max-autotune" if device.type == "cuda" else None
         compiled = torch.compile(work.to(memory_format=torch.channels_last), mode=mode)
-        return _torch_runner(compiled, device, precision, channels_last=True, compiled=True)
-    return _torch_runner(work, device, precision, channels_last=backend == "channels_last")
+        return _torch_runner(compiled, device, autocast, channels_last=True, compiled=True)
+    return _torch_runner(work, device, autocast, channels_last=backend == "channels_last")

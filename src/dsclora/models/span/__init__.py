@@ -2,6 +2,7 @@
 
 - ``network``: SPAN and its blocks; ``conv3xc``: the re-parameterisable conv; ``forms``: training <-> deploy form;
 - ``checkpoint``: SPAN detection from a state dict; ``fused``: FusedSPAN, the faster inference form;
+- ``fused_bf16``: BF16SPAN, FusedSPAN in bf16 with fp32 where it pays (``--precision bf16-accurate``);
 - ``padding``: exact channel padding for GPUs; ``ntire``: the NTIRE kit module template;
 - the DSCLoRA paper's ConvLoRA placement (``paper_rules``) and distillation layers (``feature_layers``).
 """
@@ -13,13 +14,14 @@ from dsclora.models.descriptor import ArchHooks
 from dsclora.models.span.conv3xc import Conv3XC
 from dsclora.models.span.forms import to_deploy, to_train_form
 from dsclora.models.span.fused import FusedSPAN
+from dsclora.models.span.fused_bf16 import BF16SPAN
 from dsclora.models.span.network import SPAB, SPAN, SpanConfig
 from dsclora.models.span.ntire import ntire_module
 from dsclora.models.span.padding import pad_channels
 
 ARCH = "span"
-# bf16-accurate keeps in fp32 the convs that read the x255-scaled input (conv_1 and its folded conv_cat term in
-# FusedSPAN, head_proj) and the upsampler that writes the output.
+# the generic bf16-accurate policy (the unfused ``torch`` back-end) keeps in fp32 the convs that read the
+# x255-scaled input (conv_1, and head_proj in FusedSPAN) and the upsampler that writes the output.
 FP32_LAYERS = ("conv_1", "head_proj", "upsampler")
 
 
@@ -45,6 +47,7 @@ def span_hooks(config: SpanConfig) -> ArchHooks:
     return ArchHooks(
         fast_form=FusedSPAN.from_span,
         pad_channels=lambda model, multiple: pad_channels(to_deploy(model), multiple),
+        accurate_bf16_form=BF16SPAN.from_fused,
         train_form=to_train_form,
         ntire_module=lambda model, name: ntire_module(to_deploy(model), name),
         adapter_rules=paper_rules,
@@ -56,6 +59,7 @@ def span_hooks(config: SpanConfig) -> ArchHooks:
 
 __all__ = [
     "ARCH",
+    "BF16SPAN",
     "FP32_LAYERS",
     "SPAB",
     "SPAN",
