@@ -65,8 +65,6 @@ INSTALL_HINT = "pip install 'dsclora[video]'"
 TRAILING_SECONDS = 2.0  # how far behind the video another stream's packets may come in a file (muxers: < 1 s)
 # FFmpeg demuxers of still images and of text shown as pictures (tty): what they read is no video
 _NOT_VIDEO_DEMUXERS = re.compile(r"^(image2|.*_pipe|tty)$")
-# Matrices swscale converts with (AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020 NCL)
-_MATRICES = {1: "BT.709", 4: "FCC", 5: "BT.601", 6: "BT.601", 7: "SMPTE 240M", 9: "BT.2020"}
 _UNSPECIFIED, _RGB, _BT709, _BT601 = 2, 0, 1, 6
 # Tags that describe the encoded video bytes (Matroska statistics, the encoder) and so go stale when re-encoded
 _STALE_TAG = re.compile(r"^(encoder|duration|bps|number_of_frames|number_of_bytes|_statistics_.*)(-.*)?$", re.I)
