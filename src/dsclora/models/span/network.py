@@ -41,7 +41,9 @@ class SpanConfig:
     img_range: float = field(default=255.0, metadata={"help": "the input is scaled by this after the mean shift"})
     rgb_mean: tuple[float, ...] | None = field(
         default=None,
-        metadata={"help": "mean subtracted from the [0, 1] input, one value per channel (null: DIV2K's RGB mean)"},
+        metadata={
+            "help": "mean subtracted from the [0, 1] input, one value per channel (null: DIV2K's RGB mean; 0.5 each for other channel counts)"
+        },
     )
     norm: bool = field(
         default=True, metadata={"help": "shift by rgb_mean and scale by img_range inside (False: no_norm)"}
