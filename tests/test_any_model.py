@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from dsclora.cli import main
 from dsclora.data.images import probe_image
@@ -197,3 +198,65 @@ def test_a_file_needing_its_import_path_says_so(tmp_path: Path, capsys) -> None:
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
     code, _, err = run_cli(capsys, "profile", "--weights", str(tmp_path / "r.yaml"), "--runs", "1")
     assert code == 2 and "import failed" in err and "import_paths" in err
+
+
+# ------------------------------------------------------------------ spec files made here (no ../shared needed)
+TINY_NETWORK = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, scale=2):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3 * scale * scale, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(scale)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x))
+"""
+
+
+def tiny_spec(tmp_path: Path, code: str = TINY_NETWORK, name: str = "spec.yaml", **changes) -> Path:
+    """A spec file for a one-conv x2 network (bias zero, so linear) whose Python file is ``code``."""
+    (tmp_path / "tiny.py").write_text(code)
+    torch.manual_seed(0)
+    torch.save({"conv.weight": torch.randn(12, 3, 3, 3) * 0.1, "conv.bias": torch.zeros(12)}, tmp_path / "tiny.pth")
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"code": "tiny.py", "class": "Tiny", "weights": "tiny.pth", "scale": 2} | changes))
+    return path
+
+
+def test_a_tiny_spec_file_loads_with_either_input_range(tmp_path: Path) -> None:
+    x = torch.rand(1, 3, 9, 7)
+    plain = load(str(tiny_spec(tmp_path))).runnable()
+    scaled = load(str(tiny_spec(tmp_path, name="scaled.yaml", input_range=255))).runnable()
+    with torch.no_grad():  # a linear network: f(255 x) / 255 = f(x)
+        assert torch.allclose(plain(x), scaled(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("code", "changes", "message"),
+    [
+        ("import sys\nsys.exit(0)\n" + TINY_NETWORK, {}, "the model file exited at import (sys.exit(0))"),
+        (TINY_NETWORK.replace("super().__init__()", "raise SystemExit(3)"), {}, "building Tiny exited"),
+        (TINY_NETWORK.replace("return self", "raise SystemExit\n        return self"), {}, "test forward exited"),
+        (TINY_NETWORK, {"input_range": 7}, "input_range must be 1 (the network takes RGB in [0, 1]) or 255"),
+        (TINY_NETWORK, {"input_range": 0.5}, "input_range must be 1"),
+        (TINY_NETWORK, {"weights": "."}, "weights names a folder, not a file"),
+        (TINY_NETWORK, {"args": {1: 2}}, "'args' must be keyword arguments"),
+    ],
+)
+def test_hostile_spec_files_end_in_one_line(tmp_path: Path, capsys, code: str, changes: dict, message: str) -> None:
+    spec = tiny_spec(tmp_path, code, **changes)
+    image, out = tmp_path / "tiny.png", tmp_path / "out"
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(image)
+    status, _, err = run_cli(capsys, "upscale", str(image), "-o", str(out), "--weights", str(spec))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_interrupt_at_import_still_interrupts(tmp_path: Path) -> None:
+    spec = tiny_spec(tmp_path, "raise KeyboardInterrupt\n" + TINY_NETWORK)
+    with pytest.raises(KeyboardInterrupt):
+        load(str(spec))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,16 +12,18 @@ import torch
 from safetensors.torch import save_file
 
 from dsclora import SPAN, SpanConfig
+from dsclora.cli import main
 from dsclora.errors import DscloraError
 from dsclora.fs import sha256_file
-from dsclora.models.adapters import adapter_parameters, inject, merge
+from dsclora.models.adapters import adapter_config, adapter_parameters, inject, merge
 from dsclora.models.span import paper_rules
 from dsclora.models.span.checkpoint import detect
 from dsclora.models.span.forms import derived_eval_conv_state
 from dsclora.weights import registry
+from dsclora.weights.checkpoints import write_train_state
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
-from dsclora.weights.sources.span import save
+from dsclora.weights.sources.span import save, source_of
 from support import official_weight
 
 
@@ -112,6 +116,10 @@ def test_mismatched_tensors_give_clear_error(tmp_path: Path) -> None:
         ({"arch": "span", "span": {"img_range": "255"}}, "img_range must be a positive number"),
         ({"arch": "span", "span": {"rgb_mean": [0.1, "x", 0.3]}}, "rgb_mean must be a list of numbers"),
         ({"arch": "span", "span": {"norm": False}}, "norm does not match"),
+        ({"arch": "span", "span": {"rgb_mean": [0.1, 0.2]}}, r"rgb_mean must be 3 values in \[0, 1\]"),
+        ({"arch": "span", "span": {"rgb_mean": [0.1, 0.2, 0.3, 0.4]}}, "rgb_mean must be 3 values"),
+        ({"arch": "span", "span": {"rgb_mean": [0.1, 0.2, 1.5]}}, "rgb_mean must be 3 values"),
+        ({"arch": "span", "span": {"rgb_mean": [0.1, 0.2, float("nan")]}}, "rgb_mean must be a list of numbers"),
     ],
 )
 def test_hostile_embedded_configs_are_refused_before_building(tmp_path: Path, config, message: str) -> None:
@@ -120,6 +128,100 @@ def test_hostile_embedded_configs_are_refused_before_building(tmp_path: Path, co
     save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"dsclora": json.dumps(config)})
     with pytest.raises(DscloraError, match=message):
         load(str(path))
+
+
+def test_a_given_rgb_mean_is_kept_and_the_default_follows_the_channels() -> None:
+    assert SpanConfig(rgb_mean=[0.1, 0.2, 0.3]).rgb_mean == (0.1, 0.2, 0.3)
+    assert SpanConfig().rgb_mean == (0.4488, 0.4371, 0.4040)  # DIV2K's RGB mean (BasicSR, SPAN's code)
+    assert SpanConfig(in_channels=1, out_channels=1).rgb_mean == (0.5,)
+    with pytest.raises(ValueError, match="rgb_mean must be 1 values"):
+        SpanConfig(in_channels=1, out_channels=1, rgb_mean=(0.4488, 0.4371, 0.4040))
+
+
+def test_deeply_nested_embedded_config_is_refused_in_one_line(tmp_path: Path) -> None:
+    state = SPAN(SpanConfig(channels=8, blocks=2, scale=2), deploy=True).state_dict()
+    path = tmp_path / "deep.safetensors"
+    deep = "[" * 100_000 + "]" * 100_000
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"dsclora": deep})
+    with pytest.raises(DscloraError, match="nested too deeply"):
+        load(str(path))
+
+
+def train_state_file(tmp_path: Path, change: Callable[[dict], object] = lambda info: info) -> tuple[SPAN, Path]:
+    """A training state as ``dsclora train`` writes one (a SPAN student with the paper's adapters), its record of
+    the network (``model_info``) replaced by what ``change`` makes of it."""
+    base = SPAN(SpanConfig(channels=8, blocks=2, scale=2), deploy=True)
+    student = copy.deepcopy(base)
+    torch.manual_seed(0)
+    inject(student, paper_rules(2, 4.0, 3, 6.0))
+    with torch.no_grad():
+        for p in adapter_parameters(student):
+            p.normal_(0, 0.1)
+    info = {"source": source_of(base), "train_form": False, "adapters": adapter_config(student)}
+    path = tmp_path / "latest.pt"
+    write_train_state(path, {"model": student.state_dict(), "ema": None, "model_info": change(info)})
+    return student, path
+
+
+def test_a_training_state_rebuilds_its_student(tmp_path: Path) -> None:
+    student, path = train_state_file(tmp_path)
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        assert torch.allclose(load(str(path)).module(x), merge(student)(x), atol=1e-5)
+
+
+def _set_adapter(name: str, key: str, value: object) -> Callable[[dict], dict]:
+    def change(info: dict) -> dict:
+        info["adapters"][name][key] = value
+        return info
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set_adapter("upsampler.0", "rank", 10**9), "records rank 1000000000 for upsampler.0, which needs"),
+        (_set_adapter("upsampler.0", "rank", 2 * 10**6), r"upsampler\.0\.lora_A of shape \(6000000, 24\)"),
+        (_set_adapter("conv_2.eval_conv", "rank", 0), "rank must be a whole number >= 1"),
+        (_set_adapter("conv_2.eval_conv", "rank", 3.5), "rank must be a whole number >= 1"),
+        (_set_adapter("upsampler.0", "alpha", float("nan")), "alpha must be a finite number > 0"),
+        (_set_adapter("upsampler.0", "alpha", "16"), "alpha must be a finite number > 0"),
+        (_set_adapter("upsampler.0", "dropout", 1.0), r"dropout must be a number in \[0, 1\)"),
+        (_set_adapter("upsampler.0", "colour", 1), "must hold rank, alpha and optionally dropout"),
+        (lambda info: info | {"adapters": 1}, "model_info.adapters must be a mapping"),
+        (lambda info: info | {"adapters": {"upsampler.0": 3}}, r"adapters\['upsampler.0'\] must be a mapping"),
+        (lambda info: info | {"adapters": {}}, "stores adapter factors for block_1.c1_r.eval_conv but records no"),
+        (lambda info: [1], "model_info. must be a mapping, got list"),
+        (lambda info: {"source": info["source"]}, "model_info must hold exactly source, train_form, adapters"),
+        (lambda info: info | {"train_form": "no"}, "train_form must be true or false"),
+        (lambda info: info | {"source": {"kind": "spec"}}, "its recorded model spec: a model spec is a YAML mapping"),
+        (lambda info: info | {"source": {"kind": "spec", "spec": {"code": 1}}}, "needs 'class'"),
+        (lambda info: info | {"source": {"kind": ["span"]}}, "must be a mapping naming its kind"),
+        (lambda info: info | {"source": {"kind": "resnet"}}, "records a network of unknown kind 'resnet'"),
+        (lambda info: info | {"source": {"kind": "span", "config": {"blocks": 10**9}}}, "SPAN config is malformed"),
+        (
+            lambda info: info | {"adapters": {**info["adapters"], "conv_cat": {"rank": 1, "alpha": 1.0}}},
+            "records an adapter on 'conv_cat' but stores no conv_cat.lora_A",
+        ),
+        (
+            lambda info: info | {"adapters": {**info["adapters"], "block_1": {"rank": 1, "alpha": 1.0}}},
+            "records an adapter on 'block_1', which is no Conv2d / Linear",
+        ),
+    ],
+)
+def test_hostile_training_records_are_refused_before_building(tmp_path: Path, change, message: str) -> None:
+    _, path = train_state_file(tmp_path, change)
+    with pytest.raises(DscloraError, match=message):
+        load(str(path), merged=False)
+
+
+def test_merge_of_a_training_state_asking_for_a_huge_rank_ends_in_one_line(tmp_path: Path, capsys) -> None:
+    _, path = train_state_file(tmp_path, _set_adapter("upsampler.0", "rank", 10**9))
+    code = main(["merge", str(path), str(tmp_path / "out.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "records rank 1000000000" in err, err
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def _entry(name: str, sha256: str, url: str = "") -> registry.WeightsEntry:

@@ -83,6 +83,15 @@ def _copy_parameters(target: nn.Module, weight: torch.Tensor, bias: torch.Tensor
             target.bias.copy_(bias)
 
 
+def factor_shapes(layer: nn.Conv2d | nn.Linear, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The shapes of ``lora_A`` and ``lora_B`` for an adapter of ``rank`` on ``layer`` (loaders compare a file's
+    factors with these before allocating any)."""
+    if isinstance(layer, nn.Linear):
+        return (rank, layer.in_features), (layer.out_features, rank)
+    kh, kw = layer.kernel_size
+    return (rank * kh, layer.in_channels * kw), (layer.out_channels // layer.groups * kh, rank * kh)
+
+
 class LoRAConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` with a trainable low-rank weight update; state keys ``weight, bias, lora_A, lora_B``.
 
@@ -94,10 +103,9 @@ class LoRAConv2d(nn.Conv2d):
         super().__init__(**_conv_arguments(base))
         _copy_parameters(self, base.weight, base.bias)
         self.spec = spec
-        kh, kw = self.kernel_size
-        out_ch = self.out_channels // self.groups
-        self.lora_A = nn.Parameter(self.weight.new_empty(spec.rank * kh, self.in_channels * kw))
-        self.lora_B = nn.Parameter(self.weight.new_zeros(out_ch * kh, spec.rank * kh))
+        a_shape, b_shape = factor_shapes(self, spec.rank)
+        self.lora_A = nn.Parameter(self.weight.new_empty(a_shape))
+        self.lora_B = nn.Parameter(self.weight.new_zeros(b_shape))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
 
@@ -131,8 +139,9 @@ class LoRALinear(nn.Linear):
         super().__init__(base.in_features, base.out_features, base.bias is not None, weight.device, weight.dtype)
         _copy_parameters(self, base.weight, base.bias)
         self.spec = spec
-        self.lora_A = nn.Parameter(weight.new_empty(spec.rank, self.in_features))
-        self.lora_B = nn.Parameter(weight.new_zeros(self.out_features, spec.rank))
+        a_shape, b_shape = factor_shapes(self, spec.rank)
+        self.lora_A = nn.Parameter(weight.new_empty(a_shape))
+        self.lora_B = nn.Parameter(weight.new_zeros(b_shape))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
 

@@ -107,13 +107,19 @@ def read_checkpoint(
                 config = json.loads(metadata[METADATA_KEY])
             except json.JSONDecodeError:
                 raise DscloraError(f"{path}: embedded dsclora config is not valid JSON") from None
+            except RecursionError:  # a hostile header nests thousands of levels deep
+                raise DscloraError(f"{path}: embedded dsclora config is nested too deeply") from None
             if not isinstance(config, dict):
                 raise DscloraError(f"{path}: embedded dsclora config must be a JSON object")
         return (_unwrap(state, str(path), key) if key else state), config
     obj = _torch_load(path)
     if isinstance(obj, Mapping) and obj.get("format") == TRAIN_STATE_FORMAT:
-        weights = (obj.get("ema") if prefer_ema else None) or obj["model"]
-        return dict(weights), {"train_state": obj["model_info"]}
+        weights = (obj.get("ema") if prefer_ema else None) or obj.get("model")
+        if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise DscloraError(f"{path}: a training checkpoint whose weights are not a state dict of tensors")
+        if "model_info" not in obj:
+            raise DscloraError(f"{path}: a training checkpoint with no record of its network (model_info)")
+        return {str(k): v for k, v in weights.items()}, {"train_state": obj["model_info"]}
     return _unwrap(obj, str(path), key), None
 
 

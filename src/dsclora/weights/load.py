@@ -24,6 +24,7 @@ from dsclora.models.descriptor import ModelDescriptor
 from dsclora.weights.checkpoints import StateDict, read_checkpoint
 from dsclora.weights.registry import DEFAULT, resolve
 from dsclora.weights.sources import span, spandrel, specfile
+from dsclora.weights.train_info import check_adapters_fit, checked_info
 
 BICUBIC = "bicubic"
 REBUILDERS = {"span": span.rebuild, specfile.KIND: specfile.rebuild, spandrel.KIND: spandrel.rebuild}
@@ -55,27 +56,30 @@ def rebuild(source: Mapping, label: str) -> ModelDescriptor:
     """A descriptor of the architecture ``source`` records (``ModelDescriptor.source``), with whatever weights
     that source starts from; the caller loads its own."""
     kind = source.get("kind") if isinstance(source, Mapping) else None
-    if kind not in REBUILDERS:
+    if not isinstance(kind, str) or kind not in REBUILDERS:
         raise DscloraError(f"{label}: records a network of unknown kind {kind!r}")
     return REBUILDERS[kind](source, label)
 
 
-def student_of(info: Mapping, label: str) -> ModelDescriptor:
+def student_of(info: object, label: str, state: StateDict) -> ModelDescriptor:
     """The trainable network a training state records: its base architecture, in training form if it trained
-    that way, with its adapters (weights not loaded)."""
+    that way, with its adapters (weights not loaded). The record is checked whole, and its adapters against
+    the factors in ``state``, before anything is built."""
+    info = checked_info(info, label)
     base = rebuild(info["source"], label)
     module = base.module
-    if info.get("train_form"):
+    if info["train_form"]:
         if base.hooks.train_form is None:
             raise DscloraError(f"{label}: records a training form its architecture does not have")
         module = base.hooks.train_form(module)
-    if info.get("adapters"):
+    check_adapters_fit(module, info["adapters"], state, label)
+    if info["adapters"]:
         inject(module, rules_from_config(info["adapters"]))
     return base.with_module(module)
 
 
-def _from_train_state(state: StateDict, info: Mapping, label: str) -> ModelDescriptor:
-    student = student_of(info, label)
+def _from_train_state(state: StateDict, info: object, label: str) -> ModelDescriptor:
+    student = student_of(info, label, state)
     try:
         student.module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -39,8 +39,11 @@ class SpanConfig:
     in_channels: int = field(default=3, metadata={"help": "image channels in"})
     out_channels: int = field(default=3, metadata={"help": "image channels out"})
     img_range: float = field(default=255.0, metadata={"help": "the input is scaled by this after the mean shift"})
-    rgb_mean: tuple[float, ...] = field(
-        default=DIV2K_RGB_MEAN, metadata={"help": "mean subtracted from the [0, 1] input (DIV2K's RGB mean)"}
+    rgb_mean: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "mean subtracted from the [0, 1] input, one value per channel (null: DIV2K's RGB mean; 0.5 each for other channel counts)"
+        },
     )
     norm: bool = field(
         default=True, metadata={"help": "shift by rgb_mean and scale by img_range inside (False: no_norm)"}
@@ -59,11 +62,15 @@ class SpanConfig:
         if not isinstance(self.norm, bool):
             raise ValueError(f"SpanConfig.norm must be true or false, got {self.norm!r}")
         mean = self.rgb_mean
+        if mean is None:  # the default: DIV2K's mean for RGB, mid-grey for any other channel count
+            mean = DIV2K_RGB_MEAN if self.in_channels == 3 else (0.5,) * self.in_channels
         if not isinstance(mean, list | tuple) or not all(_finite_number(m) for m in mean):
             raise ValueError(f"SpanConfig.rgb_mean must be a list of numbers, got {mean!r}")
-        if len(mean) != self.in_channels:
-            # A mean per input channel; the DIV2K default only makes sense for RGB.
-            mean = DIV2K_RGB_MEAN if self.in_channels == 3 else (0.5,) * self.in_channels
+        if len(mean) != self.in_channels or not all(0 <= m <= 1 for m in mean):
+            # A given mean is used as given: a wrong one would silently shift every output.
+            raise ValueError(
+                f"SpanConfig.rgb_mean must be {self.in_channels} values in [0, 1] (one per input channel), got {mean!r}"
+            )
         object.__setattr__(self, "img_range", float(self.img_range))
         object.__setattr__(self, "rgb_mean", tuple(float(m) for m in mean))
 

@@ -117,7 +117,7 @@ def describe(state: StateDict, label: str, path: Path | None, weights_sha256: st
 def rebuild(source: Mapping, label: str) -> ModelDescriptor:
     """The recorded weights file loaded again (a training state then loads its own weights into the module)."""
     weights = source.get("weights")
-    if not weights or not Path(weights).is_file():
+    if not isinstance(weights, str) or not Path(weights).is_file():
         raise DscloraError(f"{label}: the base weights it was trained from ({weights}) are gone")
     state, _ = read_checkpoint(weights)
     found = describe(state, label, Path(weights), "")

@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import inspect
 import json
-import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +45,7 @@ KIND = "spec"
 REQUIRED = {"code": str, "class": str, "weights": str, "scale": int}
 OPTIONAL = {"args": dict, "key": str, "input_range": (int, float), "pad_to": int, "import_paths": list}
 OPTIONAL |= {"in_channels": int, "receptive_radius": int}
+INPUT_RANGES = (1, 255)  # what the network takes: RGB in [0, 1] or in [0, 255] (README, "Your own model")
 
 
 def is_spec_file(path: Path) -> bool:
@@ -56,38 +56,55 @@ def read_spec(path: Path) -> dict:
     """The spec's values, types checked, paths made absolute; one-line errors naming the key."""
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise DscloraError(f"{path}: not a readable YAML model spec ({type(exc).__name__})") from None
+    return checked_spec(data, str(path), path.resolve().parent)
+
+
+def checked_spec(data: object, where: str, folder: Path) -> dict:
+    """A spec's values (``data``) checked, defaults filled in, paths resolved against ``folder``; errors start
+    with ``where``. Also checks the record a training state keeps of a spec (``rebuild``)."""
     if not isinstance(data, dict):
-        raise DscloraError(f"{path}: a model spec is a YAML mapping (code, class, weights, scale, ...)")
-    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+        raise DscloraError(f"{where}: a model spec is a YAML mapping (code, class, weights, scale, ...)")
+    unknown = sorted(map(str, set(data) - set(REQUIRED) - set(OPTIONAL)))
     if unknown:
-        raise DscloraError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join([*REQUIRED, *OPTIONAL])})")
+        raise DscloraError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join([*REQUIRED, *OPTIONAL])})")
+    data = {k: v for k, v in data.items() if not (k in OPTIONAL and v is None)}  # null: the default
     for key in REQUIRED:
         if key not in data:
-            raise DscloraError(f"{path}: the model spec needs {key!r}")
+            raise DscloraError(f"{where}: the model spec needs {key!r}")
     for key, kind in (REQUIRED | OPTIONAL).items():
         value = data.get(key)
         if key in data and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise DscloraError(f"{path}: {key!r} has the wrong type ({type(value).__name__} {value!r})")
+            raise DscloraError(f"{where}: {key!r} has the wrong type ({type(value).__name__} {value!r})")
     spec = {"args": {}, "key": None, "input_range": 1, "pad_to": 1, "import_paths": [], "in_channels": 3}
     spec["receptive_radius"] = None
     spec |= data
     if not 1 <= spec["scale"] <= 8:
-        raise DscloraError(f"{path}: scale must be 1-8, got {spec['scale']}")
-    if not (math.isfinite(spec["input_range"]) and spec["input_range"] > 0):
-        raise DscloraError(f"{path}: input_range must be a positive number (1 or 255), got {spec['input_range']}")
+        raise DscloraError(f"{where}: scale must be 1-8, got {spec['scale']}")
+    if spec["input_range"] not in INPUT_RANGES:
+        raise DscloraError(
+            f"{where}: input_range must be 1 (the network takes RGB in [0, 1]) or 255 (RGB in [0, 255]), "
+            f"got {spec['input_range']}"
+        )
     if not 1 <= spec["pad_to"] <= 256:
-        raise DscloraError(f"{path}: pad_to must be 1-256, got {spec['pad_to']}")
+        raise DscloraError(f"{where}: pad_to must be 1-256, got {spec['pad_to']}")
     if not 1 <= spec["in_channels"] <= 4:
-        raise DscloraError(f"{path}: in_channels must be 1-4, got {spec['in_channels']}")
+        raise DscloraError(f"{where}: in_channels must be 1-4, got {spec['in_channels']}")
     if spec["receptive_radius"] is not None and spec["receptive_radius"] < 0:
-        raise DscloraError(f"{path}: receptive_radius must be >= 0")
-    folder = path.resolve().parent
+        raise DscloraError(f"{where}: receptive_radius must be >= 0")
+    if not all(isinstance(name, str) for name in spec["args"]):
+        raise DscloraError(f"{where}: 'args' must be keyword arguments (names that are strings)")
+    try:
+        json.dumps(spec["args"], sort_keys=True)  # what ``identity`` hashes
+    except (TypeError, ValueError, RecursionError):
+        raise DscloraError(f"{where}: 'args' must hold plain values (numbers, strings, lists, mappings)") from None
     for key in ("code", "weights"):
         spec[key] = str((folder / spec[key]).resolve())
+        if Path(spec[key]).is_dir():
+            raise DscloraError(f"{where}: {key} names a folder, not a file: {spec[key]}")
         if not Path(spec[key]).is_file():
-            raise DscloraError(f"{path}: {key} file not found: {spec[key]}")
+            raise DscloraError(f"{where}: {key} file not found: {spec[key]}")
     spec["import_paths"] = [str((folder / str(p)).resolve()) for p in spec["import_paths"]]
     return spec
 
@@ -107,6 +124,8 @@ def _import(code: Path, import_paths: list[str]) -> ModuleType:
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
+    except SystemExit as exc:  # sys.exit() at import: not the end of dsclora (KeyboardInterrupt still is)
+        raise DscloraError(f"{code}: the model file exited at import (sys.exit({exc.code!r}))") from None
     except ImportError as exc:
         hint = " (add its folder to import_paths)" if isinstance(exc, ModuleNotFoundError) else ""
         raise DscloraError(f"{code}: import failed: {exc}{hint}") from None
@@ -133,6 +152,8 @@ def build_module(spec: Mapping) -> nn.Module:
         raise DscloraError(f"{code}: no nn.Module class {spec['class']!r} (found: {', '.join(found) or 'none'})")
     try:
         return cls(**spec["args"])
+    except SystemExit as exc:
+        raise DscloraError(f"building {spec['class']} exited (sys.exit({exc.code!r}))") from None
     except TypeError as exc:
         raise DscloraError(f"{spec['class']}({', '.join(spec['args'])}): {exc}") from None
     except Exception as exc:
@@ -158,6 +179,8 @@ def _check_scale(model: nn.Module, spec: Mapping, in_channels: int) -> int:
     probe = torch.rand(1, in_channels, side, side)
     try:
         out = ImageInterface(model, spec["scale"], spec["input_range"], spec["pad_to"])(probe)
+    except SystemExit as exc:
+        raise DscloraError(f"{spec['class']}: a {side}x{side} test forward exited (sys.exit({exc.code!r}))") from None
     except Exception as exc:  # the user's forward: any error is theirs to see in one line
         raise DscloraError(
             f"{spec['class']}: a {side}x{side} test forward failed: {type(exc).__name__}: {exc}"
@@ -264,5 +287,7 @@ def load_spec(spec: Mapping, label: str, device: torch.device | str = "cpu") -> 
 
 
 def rebuild(source: Mapping, label: str) -> ModelDescriptor:
-    """The recorded spec's network with its original weights (a training state then loads its own)."""
-    return load_spec(source["spec"], label)
+    """The recorded spec's network with its original weights (a training state then loads its own); the record
+    is checked as a spec file is (its paths are absolute)."""
+    spec = checked_spec(source.get("spec"), f"{label}: its recorded model spec", Path.cwd())
+    return load_spec(spec, label)
