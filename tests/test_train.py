@@ -379,6 +379,24 @@ def test_existing_run_needs_resume(tmp_path: Path, photo_folders) -> None:
         Trainer(config, quiet=True)
 
 
+@pytest.mark.parametrize("damage", ["no config", "model of another network", "step not a number"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path: Path, photo_folders, damage: str) -> None:
+    config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "run", "run.steps=2"))
+    Trainer(config, quiet=True).run()
+    latest = tmp_path / "run" / "latest.pt"
+    state = read_train_state(latest)
+    if damage == "no config":
+        del state["config"]
+    elif damage == "model of another network":
+        state["model"] = {"conv.weight": torch.zeros(1)}
+    else:
+        state["step"] = "ten"
+    torch.save(state, latest)
+    with pytest.raises(DscloraError, match="is damaged or not this recipe's checkpoint") as error:
+        Trainer(config, resume=True, quiet=True)
+    assert "\n" not in str(error.value)
+
+
 def test_nan_guard_skips_then_stops(tmp_path: Path, photo_folders) -> None:
     config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "nan", "run.max_bad_steps=3"))
     trainer = Trainer(config, quiet=True)

@@ -169,21 +169,27 @@ class Trainer:
         if not path.is_file():
             raise DscloraError(f"--resume: no checkpoint at {path}")
         state = read_train_state(path)
-        saved = state["config"]
-        current = self.config.to_dict()
-        for section in ("model", "data", "loss", "optim"):
-            for key, value in current[section].items():
-                if saved[section].get(key) != value:
-                    raise DscloraError(f"--resume: config key {section}.{key} differs from the checkpoint's")
-        self.student.load_state_dict(state["model"])
-        if self.ema and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.best.update(state["best"])
-        self.bad_steps = int(state["bad_steps"])
-        torch.set_rng_state(state["rng_torch"])
+        try:  # every part of the file is used as it was written: a damaged or edited one fails here, in one line
+            saved = state["config"]
+            current = self.config.to_dict()
+            for section in ("model", "data", "loss", "optim"):
+                for key, value in current[section].items():
+                    if saved[section].get(key) != value:
+                        raise DscloraError(f"--resume: config key {section}.{key} differs from the checkpoint's")
+            self.student.load_state_dict(state["model"])
+            if self.ema and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            self.best.update(state["best"])
+            self.bad_steps = int(state["bad_steps"])
+            torch.set_rng_state(state["rng_torch"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise DscloraError(
+                f"--resume: {path} is damaged or not this recipe's checkpoint ({type(exc).__name__}: {first_line})"
+            ) from None
 
     # -------------------------------------------------------------------------------- losses
 
