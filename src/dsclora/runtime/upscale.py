@@ -250,7 +250,8 @@ def auto_tile(sizes: Sequence[tuple[int, int]], bytes_per_pixel: float, overlap:
 
 def upscale_image(upscaler: TiledUpscaler, image: LoadedImage, device: torch.device) -> LoadedImage:
     """Super-resolve one loaded image; alpha (if any) follows by MATLAB bicubic, the kind and depth are kept."""
-    rgb = to_array(upscaler(to_tensor(image.rgb).to(device)).clamp_(0, 1))  # in place: no second output copy
+    with torch.inference_mode():  # the output is an inference tensor: clamped in place, no second copy
+        rgb = to_array(upscaler(to_tensor(image.rgb).to(device)).clamp_(0, 1))
     alpha = None
     if image.alpha is not None:
         alpha = np.clip(imresize(image.alpha.astype(np.float64), float(upscaler.scale)), 0, 1).astype(np.float32)
