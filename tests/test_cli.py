@@ -680,6 +680,69 @@ def test_max_pixels_above_pillows_own_limit_lets_the_image_in(capsys, tmp_path: 
     assert code == 2 and "truncated or corrupt" in err  # past both limits: decoding finds the missing pixels
 
 
+def test_an_output_too_large_for_memory_is_refused_before_any_forward(
+    capsys, tmp_path: Path, photo_png: Path, monkeypatch
+) -> None:
+    """80x64 at x4 holds 320x256x3 values: ~2.5 MB to assemble and write; with 1 MiB free it cannot be held."""
+    import dsclora.runtime.upscale as pipeline
+
+    def no_running(*_args, **_kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**20)
+    monkeypatch.setattr(pipeline, "run", no_running)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(out), "--weights", "bicubic", "--scale", "4")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{photo_png}: its x4 output (320x256) needs about 2.3 MiB" in err  # 320·256·3 values x 10 bytes
+    assert "more than the 1.0 MiB available" in err and "downscale or crop" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_network_giving_nan_fails_the_image_with_no_output(capsys, tmp_path: Path, photo_png: Path, monkeypatch):
+    from dsclora.runtime import tiling
+
+    real_init = tiling.TiledUpscaler.__init__
+
+    def init(self, runner, scale, tile=0, overlap=0):
+        real_init(self, lambda x: torch.full((1, 3, x.shape[2] * scale, x.shape[3] * scale), float("nan")), scale)
+
+    monkeypatch.setattr(tiling.TiledUpscaler, "__init__", init)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(out), "--weights", "bicubic", "--scale", "2")
+    assert code == 1 and f"dsclora: error: the network produced NaN/Inf for {photo_png}" in err, err
+    assert "RuntimeWarning" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_output_name_too_long_is_refused_at_plan_time(capsys, tmp_path: Path, photo_png: Path, no_model) -> None:
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(out), "--suffix", "a" * 300)
+    assert code == 2 and err.count("\n") == 1 and "is too long" in err and "shorten --suffix" in err, err
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert f"over the {limit} the file system" in err
+
+
+def test_fifos_and_devices_are_not_regular_files(capsys, tmp_path: Path, no_model) -> None:
+    fifo = tmp_path / "p.png"
+    os.mkfifo(fifo)  # opening it to read would block until a writer came
+    for src in (fifo, Path("/dev/zero")):
+        code, _, err = run_cli(capsys, "upscale", str(src), "-o", str(tmp_path / "out"))
+        assert code == 2 and err.count("\n") == 1 and f"{src} is not a regular file" in err, err
+
+
+def test_eval_names_the_size_of_an_oversized_image_and_no_missing_option(capsys, tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
+    root = make_benchmark(tmp_path / "set", count=2, height=48, width=48)
+    (root / "x4" / "HR" / "img1.png").write_bytes(_png_bomb(20_000, 20_000))
+    code, _, err = run_cli(capsys, "eval", "--weights", "bicubic", "--scale", "4", "--data", str(root))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "has 400000000 pixels, over the limit of 268435456" in err and "eval reads images up to" in err
+    assert "--max-pixels" not in err
+
+
 def test_eval_checks_every_pair_before_computing(capsys, tmp_path: Path, monkeypatch, sample_photo) -> None:
     import dsclora.measure.evaluate as evaluate
 

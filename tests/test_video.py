@@ -8,6 +8,7 @@ Mechanics run with ``--weights bicubic --scale 2`` (fast); one check runs the de
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 from fractions import Fraction
@@ -283,6 +284,8 @@ def test_videos_are_recognised_by_probing_and_mix_with_images(capsys, tmp_path: 
         (["--pix-fmt", "rgb24"], "--pix-fmt rgb24: libx264 cannot write it"),
         (["--start", "5"], "--start 5 s: "),
         (["--codec-option", "nonsense=1"], "libx264 has no option nonsense"),
+        (["--crf", "1000"], "--crf 1000: libx264 takes 0 to 51"),
+        (["--codec-option", "crf=abc"], "--codec-option crf=abc: libx264 refuses it"),
     ],
 )
 def test_bad_video_options_are_refused_before_any_work(capsys, tmp_path: Path, extra, message) -> None:
@@ -384,6 +387,68 @@ def test_interrupt_leaves_no_finished_looking_output(capsys, monkeypatch, tmp_pa
     assert calls == 6
     assert len(during) == 1 and during[0].startswith(".clip_x2.mkv.")  # the output, under its temporary name
     assert leftovers(out) == []
+
+
+@needs_av
+def test_sigterm_cleans_up_like_an_interrupt(capsys, monkeypatch, tmp_path: Path) -> None:
+    src = tmp_path / "clip.mkv"
+    make_clip(src, frames=10)
+    calls = 0
+    real = tiling.TiledUpscaler.__call__
+    out = tmp_path / "out"
+
+    def terminated(self, x):
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # `kill` while the network works on the 4th frame
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, x)
+
+    monkeypatch.setattr(tiling.TiledUpscaler, "__call__", terminated)
+    code, _, err = run_cli(capsys, "upscale", str(src), "-o", str(out), "--weights", "bicubic", "--scale", "2")
+    assert code == 130 and "interrupted" in err
+    assert leftovers(out) == []  # no hidden temporary left behind
+
+
+def nan_network(monkeypatch) -> None:
+    """Every TiledUpscaler made from now on runs a network whose output is all NaN."""
+    real_init = tiling.TiledUpscaler.__init__
+
+    def init(self, runner, scale, tile=0, overlap=0):
+        def nan(x):
+            return torch.full((x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale), float("nan"))
+
+        real_init(self, nan, scale, tile, overlap)
+
+    monkeypatch.setattr(tiling.TiledUpscaler, "__init__", init)
+
+
+@needs_av
+def test_a_network_giving_nan_fails_the_video_with_no_output(capsys, monkeypatch, tmp_path: Path) -> None:
+    src = tmp_path / "clip.mkv"
+    make_clip(src, frames=5, subtitles=False)
+    nan_network(monkeypatch)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "upscale", str(src), "-o", str(out), "--weights", "bicubic", "--scale", "2")
+    assert code == 1 and f"the network produced NaN/Inf for {src}" in err, err
+    assert "RuntimeWarning" not in err
+    assert leftovers(out) == []
+
+
+@needs_av
+def test_an_audio_file_is_said_to_have_no_video_stream(capsys, tmp_path: Path) -> None:
+    src = tmp_path / "song.m4a"
+    with av.open(str(src), "w", format="mp4") as out:
+        sound = out.add_stream("aac", rate=8000, layout="mono")
+        samples = (np.sin(np.arange(8000) / 3) * 0.3).astype(np.float32)
+        for k in range(0, len(samples), 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[None, k : k + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 8000, k
+            out.mux(sound.encode(chunk))
+        out.mux(sound.encode(None))
+    code, _, err = run_cli(capsys, "upscale", str(src), "-o", str(tmp_path / "out"), "--weights", "bicubic")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{src}: no video stream, nothing to upscale (it holds audio only)" in err, err
 
 
 def test_video_without_pyav_names_the_extra(capsys, monkeypatch, tmp_path: Path) -> None:

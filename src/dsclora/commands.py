@@ -144,6 +144,7 @@ def upscale(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     sizes = [(i.height, i.width) for i in pipeline.verify_inputs(plan.jobs, max_pixels)]  # before the model
     loaded = load(args.weights, device, args.scale)
+    pipeline.check_output_memory(plan.jobs, sizes, loaded.scale, device)  # before any forward
     video_jobs, skipped = videos.plan(args.suffix, loaded.scale, existing, [dst for _, dst in plan.jobs], weights_files)
     for dst in skipped:
         print(f"skipped (exists): {dst}", file=sys.stderr)

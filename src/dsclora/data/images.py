@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,16 +59,41 @@ def _allow_pillow(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _too_large(path: Path, pixels: str, max_pixels: int) -> DscloraError:
-    return DscloraError(
-        f"image too large: {path} has {pixels} pixels, over the limit of {max_pixels} "
-        "(upscale's --max-pixels raises it)"
-    )
+class ImageTooLarge(DscloraError):
+    """An image over ``max_pixels``; the caller adds how its command raises the limit (or that it cannot)."""
+
+
+class NotAnImage(DscloraError):
+    """A file Pillow cannot identify; the caller may say better what it is (e.g. audio without video)."""
+
+
+def _too_large(path: Path, pixels: str, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(f"image too large: {path} has {pixels} pixels, over the limit of {max_pixels}")
+
+
+def not_regular_file(path: str | os.PathLike) -> str:
+    """Why ``path`` is no file to read ("X is not a regular file (a FIFO)"), or "": a FIFO would block the
+    reader forever and a device (``/dev/zero``) never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{path} is not a regular file ({kind}); give an image file"
+
+
+def _bomb_pixels(exc: Exception) -> str:
+    """The pixel count in Pillow's decompression-bomb message ("Image size (N pixels) exceeds ..."), else a
+    description without a number."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return found.group(1) if found else "an unknown number of"
 
 
 def _open_header(path: Path, max_pixels: int) -> Image.Image:
     """The image opened lazily (header read, pixels not decoded), or a one-line error saying why not."""
-    problem = unreadable(path)
+    problem = unreadable(path) or not_regular_file(path)
     if problem:
         raise DscloraError(problem)
     if path.stat().st_size == 0:
@@ -77,9 +104,9 @@ def _open_header(path: Path, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except UnidentifiedImageError:
-        raise DscloraError(f"not an image (or a format Pillow cannot read): {path}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _too_large(path, "more than", max_pixels) from None  # only above a limit below ours
+        raise NotAnImage(f"not an image (or a format Pillow cannot read): {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # only above a limit below ours
+        raise _too_large(path, _bomb_pixels(exc), max_pixels) from None
     except OSError as exc:
         raise DscloraError(f"cannot read {path}: {exc}") from None
     w, h = img.size

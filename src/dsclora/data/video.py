@@ -60,6 +60,8 @@ PRESETS = {"libx264": "veryfast"}
 # x265 and SVT-AV1 print their banners and notes straight to stderr: errors only
 QUIET = {"libx265": {"x265-params": "log-level=error"}}
 CRF_CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9")  # the encoders --crf drives
+# The CRF each takes (FFmpeg's option tables: libx264 / libx265 0-51 at 8 bits, SVT-AV1 and libvpx-vp9 0-63)
+CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libsvtav1": (0, 63), "libvpx-vp9": (0, 63)}
 LOSSLESS_RGB = {"ffv1": ("bgr0", "gbrp16le")}  # (8-bit, deeper): the model's RGB output, kept exactly
 INSTALL_HINT = "pip install 'dsclora[video]'"
 TRAILING_SECONDS = 2.0  # how far behind the video another stream's packets may come in a file (muxers: < 1 s)
@@ -188,6 +190,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     rotation frames carry) and describe the job; a one-line error where it is not a readable video."""
     av = require_av()
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block FFmpeg
+        raise DscloraError(f"{path} is not a regular file; give a video file")
     if not path.is_file():
         raise DscloraError(f"no such file: {path}")
     if path.stat().st_size == 0:
@@ -218,6 +222,23 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     except av.error.FFmpegError as exc:
         raise DscloraError(f"cannot read {path} as a video: {_reason(exc)}") from None
     return info
+
+
+def media_without_video(path: str | os.PathLike) -> str:
+    """Where FFmpeg reads ``path`` as media with no video stream (an audio file), a line saying so; else ""
+    (no PyAV, not media, or with pictures)."""
+    if not have_av() or not Path(path).is_file():
+        return ""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            kinds = sorted({s.type for s in container.streams})
+            if not kinds or container.streams.video:
+                return ""
+    except av.error.FFmpegError:
+        return ""
+    return f"{path}: no video stream, nothing to upscale (it holds {' and '.join(kinds)} only)"
 
 
 def looks_like_video(path: str | os.PathLike, image_suffixes: tuple[str, ...]) -> bool:
@@ -298,6 +319,9 @@ def choose_encoding(
         os.environ.setdefault("SVT_LOG", "1")  # read by SVT-AV1 when an encoder starts
     if crf is not None and name not in CRF_CODECS:
         raise DscloraError(f"--crf applies to {', '.join(CRF_CODECS)}; {name} has no constant-quality factor")
+    low, high = CRF_RANGES.get(name, (crf, crf))
+    if crf is not None and not low <= crf <= high:
+        raise DscloraError(f"--crf {crf}: {name} takes {low} to {high} (lower is better quality)")
     quality = crf if crf is not None else DEFAULT_CRF.get(name)
     if quality is not None:
         options["crf"] = str(quality)
@@ -505,6 +529,7 @@ class VideoWriter:
             video = out.add_stream(
                 encoding.codec, rate=info.rate, time_base=self.reader.time_base, options=dict(encoding.options)
             )
+            self.options = dict(encoding.options)
         except ValueError:  # the muxer does not take this codec
             raise DscloraError(
                 f"{out.format.name} cannot hold {encoding.codec} video: choose another --codec (e.g. vp9 or av1 for "
@@ -549,10 +574,28 @@ class VideoWriter:
         try:
             self.container.start_encoding()
         except (self.av.error.FFmpegError, ValueError) as exc:
+            rejected = self._rejected_option()
+            if rejected:
+                raise DscloraError(rejected) from None
             raise DscloraError(
                 f"{self.label}: {self.container.format.name} cannot hold these streams ({_reason(exc)}); "
                 f"try the input's container, e.g. -o OUT/{self.reader.info.path.stem}_up{self.reader.info.path.suffix}"
             ) from None
+
+    def _rejected_option(self) -> str:
+        """After the encoder refused to open: the first of its options that a small encoder of the same kind
+        refuses on its own, as a line naming it ("" if none does, so the cause is elsewhere)."""
+        ctx = self.video.codec_context
+        for key, value in self.options.items():
+            probe_ctx = self.av.CodecContext.create(ctx.name, "w")
+            probe_ctx.width, probe_ctx.height, probe_ctx.pix_fmt = 64, 64, ctx.pix_fmt
+            probe_ctx.time_base = Fraction(1, 25)
+            probe_ctx.options = {key: value}
+            try:
+                probe_ctx.open()
+            except (self.av.error.FFmpegError, ValueError) as exc:
+                return f"--codec-option {key}={value}: {ctx.name} refuses it ({_reason(exc)})"
+        return ""
 
     def write(self, rgb: np.ndarray, pts: int, duration: int) -> None:
         """Encode one upscaled RGB frame (uint8, or uint16 for deep video) at ``pts`` of the input's time base."""

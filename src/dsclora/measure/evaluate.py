@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from dsclora.data.benchmark import Pair, find_pairs, load_pair
-from dsclora.data.images import DEFAULT_MAX_PIXELS, to_array, to_tensor, to_uint8, verify_image
+from dsclora.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, to_array, to_tensor, to_uint8, verify_image
 from dsclora.errors import DscloraError
 from dsclora.measure.metrics import SSIM_WINDOW, psnr_rgb, psnr_y, ssim_y
 
@@ -29,6 +29,8 @@ def _pair_problem(pair: Pair, scale: int, min_side: int, max_pixels: int) -> str
     try:
         h, w = verify_image(pair.hr, max_pixels).stored_size
         lr = verify_image(pair.lr, max_pixels).stored_size if pair.lr is not None else None
+    except ImageTooLarge as exc:
+        return f"{exc}: eval reads images up to that size; crop or downscale the pair to evaluate it"
     except DscloraError as exc:
         return str(exc)
     h, w = h - h % scale, w - w % scale  # HR is mod-cropped to the scale

@@ -21,6 +21,19 @@ from dsclora.errors import DscloraError
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
+class NonFiniteOutput(DscloraError):
+    """The network's output holds NaN or Inf (a broken network, or a precision it overflows in): written, it
+    would be a silently black or garbage image. Callers name the input."""
+
+
+def check_finite(out: torch.Tensor) -> torch.Tensor:
+    """``out``, or ``NonFiniteOutput`` if any value is NaN or Inf. One float64 sum (NaN and Inf survive it, and
+    no finite output reaches float64's range): no output-sized temporary."""
+    if not torch.isfinite(out.sum(dtype=torch.float64)):
+        raise NonFiniteOutput("the network produced NaN/Inf")
+    return out
+
+
 def tile_windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
     """(core start, core end, window start) along one axis; every window spans ``min(tile + 2·overlap, size)``.
 
@@ -32,7 +45,8 @@ def tile_windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int
 
 
 class TiledUpscaler:
-    """A runner with its scale and tiling: called on (N, C, h, w) it returns the fp32 (N, C, s·h, s·w) output.
+    """A runner with its scale and tiling: called on (N, C, h, w) it returns the fp32 (N, C, s·h, s·w) output,
+    or raises ``NonFiniteOutput`` where the network gave NaN or Inf.
 
     ``tile = 0`` runs whole images; otherwise windows of ``tile + 2·overlap`` pixels (see the module docstring).
     """
@@ -49,13 +63,13 @@ class TiledUpscaler:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
         if self._whole(h, w):
-            return self.runner(x).float()
+            return check_finite(self.runner(x).float())
         s = self.scale
         span_h, span_w = min(self.tile + 2 * self.overlap, h), min(self.tile + 2 * self.overlap, w)
         out = None
         for y0, y1, wy in tile_windows(h, self.tile, self.overlap):
             for x0, x1, wx in tile_windows(w, self.tile, self.overlap):
-                sr = self.runner(x[:, :, wy : wy + span_h, wx : wx + span_w])
+                sr = check_finite(self.runner(x[:, :, wy : wy + span_h, wx : wx + span_w]))
                 if out is None:
                     out = torch.empty(x.shape[0], sr.shape[1], h * s, w * s, device=sr.device)
                 oy, ox = (y0 - wy) * s, (x0 - wx) * s

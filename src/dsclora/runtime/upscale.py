@@ -27,8 +27,11 @@ from tqdm import tqdm
 from dsclora.data.images import (
     IMAGE_SUFFIXES,
     ImageInfo,
+    ImageTooLarge,
     LoadedImage,
+    NotAnImage,
     list_images,
+    not_regular_file,
     read_image,
     to_array,
     to_tensor,
@@ -36,16 +39,20 @@ from dsclora.data.images import (
     write_image,
 )
 from dsclora.data.imresize import imresize
+from dsclora.data.video import media_without_video
 from dsclora.devices import available_memory
 from dsclora.errors import DscloraError
 from dsclora.fs import NoSpaceError, check_outputs, unreadable
-from dsclora.runtime.tiling import TiledUpscaler
+from dsclora.runtime.tiling import NonFiniteOutput, TiledUpscaler
 
 Existing = Literal["refuse", "overwrite", "skip"]
 # Peak memory of an untiled eager forward per conv activation (conv output value) of the network: measured with
 # benchmarks/infer.py's memory pass for SPAN-tiny (1.3-2.9 kB per LR pixel, 594 conv activations per LR pixel,
 # depending on the path), so ~5 bytes each with the float32 output on top.
 BYTES_PER_ACTIVATION = 5
+# Bytes per output value (pixel x channel) while an image is assembled and written: the float32 output, then
+# the encoder's float32 scaled copy and its uint8 (or uint16) result (``images.to_uint8``), alive together.
+OUTPUT_BYTES_PER_VALUE = 4 + 4 + 2
 
 
 @dataclass
@@ -74,6 +81,8 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = False) -> tuple[list[
             found.extend((f, f.relative_to(path)) for f in files)
         elif path.is_file():
             found.append((path, Path(path.name)))
+        elif not_regular_file(path):  # a FIFO or a device: never opened (a FIFO would block the reader)
+            raise DscloraError(not_regular_file(path))
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=recursive) if Path(m).is_file())
             if not matches:
@@ -87,6 +96,31 @@ def check_suffix(suffix: str) -> None:
     """``--suffix`` stays in the file name: it cannot lead an output into another folder."""
     if any(bad in suffix for bad in ("/", os.sep, os.altsep or "/", "..", "\0")):
         raise DscloraError(f"--suffix {suffix!r}: a suffix stays in the file name (no '/', '..' or NUL)")
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name (bytes) the file system under ``folder`` (or its nearest existing ancestor) takes:
+    ``PC_NAME_MAX`` where the system says, else 255 (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_name_lengths(outputs: Sequence[Path], option: str = "--suffix") -> None:
+    """Refuse, before any work, an output whose file name the file system cannot hold (found only when the
+    finished result is written, otherwise). The name counted is the longer one ``fs.atomic_write`` writes under
+    first: ``.NAME.XXXXXXXX.tmpSUFFIX``."""
+    for dst in outputs:
+        size = len(os.fsencode(f".{dst.name}.XXXXXXXX.tmp{dst.suffix}"))
+        limit = name_limit(dst.parent)
+        if size > limit:
+            raise DscloraError(
+                f"output name {dst.name[:40]}... is too long: {size} bytes with its temporary form, over the "
+                f"{limit} the file system under {dst.parent} allows for a file name; shorten {option} (or the "
+                "input's name)"
+            )
 
 
 def plan(
@@ -104,6 +138,7 @@ def plan(
     check_suffix(suffix)
     files, ignored = expand_inputs(inputs, recursive)
     jobs = [(src, outdir / rel.parent / f"{rel.stem}{suffix}{ext}") for src, rel in files]
+    check_name_lengths([dst for _, dst in jobs])
     check_outputs(
         "upscale",
         [dst for _, dst in jobs],
@@ -132,6 +167,12 @@ def verify_inputs(jobs: list[tuple[Path, Path]], max_pixels: int) -> list[ImageI
     for src, dst in jobs:
         try:
             info = verify_image(src, max_pixels)
+        except ImageTooLarge as exc:
+            problems.append(f"{exc} (--max-pixels raises it)")
+            continue
+        except NotAnImage as exc:
+            problems.append(media_without_video(src) or str(exc))
+            continue
         except DscloraError as exc:
             problems.append(str(exc))
             continue
@@ -170,6 +211,33 @@ def check_forward_memory(height: int, width: int, bytes_per_pixel: float, device
         )
 
 
+def _size(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def check_output_memory(
+    jobs: Sequence[tuple[Path, Path]], sizes: Sequence[tuple[int, int]], scale: int, device: torch.device
+) -> None:
+    """Refuse, before any forward, an image whose upscaled result cannot be held in memory: tiling bounds the
+    network's memory, not the assembled output's (``OUTPUT_BYTES_PER_VALUE`` per value in host memory, and the
+    float32 output itself on an accelerator)."""
+    if not sizes:
+        return
+    (src, _), (h, w) = max(zip(jobs, sizes, strict=True), key=lambda job: job[1][0] * job[1][1])
+    values = h * w * scale * scale * 3
+    needs = [(torch.device("cpu"), values * OUTPUT_BYTES_PER_VALUE)]
+    if device.type != "cpu":
+        needs.append((device, values * 4))
+    for where, need in needs:
+        available = available_memory(where)
+        if available is not None and need > available:
+            raise DscloraError(
+                f"{src}: its x{scale} output ({w * scale}x{h * scale}) needs about {_size(need)} of memory on "
+                f"{where} to assemble and write, more than the {_size(available)} available; "
+                "free memory, or downscale or crop the image first"
+            )
+
+
 def auto_tile(sizes: Sequence[tuple[int, int]], bytes_per_pixel: float, overlap: int, budget_bytes: int) -> int:
     """0 when the largest image fits ``budget_bytes`` untiled, else the largest multiple of 64 whose windows fit."""
     per_pixel = bytes_per_pixel
@@ -182,7 +250,8 @@ def auto_tile(sizes: Sequence[tuple[int, int]], bytes_per_pixel: float, overlap:
 
 def upscale_image(upscaler: TiledUpscaler, image: LoadedImage, device: torch.device) -> LoadedImage:
     """Super-resolve one loaded image; alpha (if any) follows by MATLAB bicubic, the kind and depth are kept."""
-    rgb = np.clip(to_array(upscaler(to_tensor(image.rgb).to(device))), 0, 1)
+    with torch.inference_mode():  # the output is an inference tensor: clamped in place, no second copy
+        rgb = to_array(upscaler(to_tensor(image.rgb).to(device)).clamp_(0, 1))
     alpha = None
     if image.alpha is not None:
         alpha = np.clip(imresize(image.alpha.astype(np.float64), float(upscaler.scale)), 0, 1).astype(np.float32)
@@ -213,12 +282,15 @@ def run(
         pending_read = io_pool.submit(read_image, jobs[0][0], max_pixels)
         writes: deque[Future] = deque()
         bar = tqdm(jobs, desc="upscale", unit="img", disable=not progress, dynamic_ncols=True)
-        for i, (_, dst) in enumerate(bar):
+        for i, (src, dst) in enumerate(bar):
             current = pending_read
             if i + 1 < len(jobs):
                 pending_read = io_pool.submit(read_image, jobs[i + 1][0], max_pixels)
             try:
                 result = upscale_image(upscaler, current.result(), device)
+            except NonFiniteOutput as exc:
+                failures += report(DscloraError(f"{exc} for {src}; no output written"))
+                continue
             except DscloraError as exc:
                 failures += report(exc)
                 continue

@@ -51,8 +51,8 @@ from dsclora.data.video import (
 )
 from dsclora.errors import DscloraError
 from dsclora.fs import atomic_write, check_output_folder, check_outputs
-from dsclora.runtime.tiling import TiledUpscaler
-from dsclora.runtime.upscale import Existing, check_suffix
+from dsclora.runtime.tiling import NonFiniteOutput, TiledUpscaler
+from dsclora.runtime.upscale import Existing, check_name_lengths, check_suffix
 
 MAX_BATCH = 8
 QUEUE_FRAMES = 4  # decoded (small) frames waiting for the network, per frame of a batch
@@ -175,6 +175,7 @@ class VideoRequest:
         jobs: list[VideoJob] = []
         skipped: list[Path] = []
         dsts = [self.file or self.folder / f"{info.path.stem}{suffix}{DEFAULT_CONTAINER}" for info in self.infos]
+        check_name_lengths(dsts, "--suffix" if self.file is None else "-o")
         clashes = [
             p for p, n in Counter([d.resolve() for d in dsts] + [Path(t).resolve() for t in taken]).items() if n > 1
         ]
@@ -370,7 +371,8 @@ def run(
         try:
             frames = upscale_video(job, upscaler, device, options, batch, progress)
         except DscloraError as exc:
-            print(f"dsclora: error: {exc}", file=sys.stderr)
+            where = f" for {info.path}; no output written" if isinstance(exc, NonFiniteOutput) else ""
+            print(f"dsclora: error: {exc}{where}", file=sys.stderr)
             failures += 1
             continue
         seconds = time.perf_counter() - start
