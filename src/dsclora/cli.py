@@ -448,8 +448,16 @@ def _terminated(_signum: int, _frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
-        signal.signal(signal.SIGTERM, _terminated)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        return _run(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(argv)
+    finally:  # a caller's own handler (a test runner, an embedding program) comes back
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     if not os.environ.get("DSCLORA_DEBUG"):  # other libraries' and user networks' deprecation chatter
         warnings.filterwarnings("ignore", module=r"^(?!dsclora)")
     parser = build_parser()
