@@ -6,6 +6,9 @@ OpenModelDB (the model database chaiNNer and the upscaling community use) descri
 optional training facts (``dataset``, ``trainingIterations``, ``trainingBatchSize``, ``trainingHRSize``,
 ``pretrainedModelG``). What is known about the weights comes from a JSON card beside the weights file
 (``<weights>.json``; the embedded model ships one), else from the registry entry; the rest from the tensors.
+An ONNX resource whose graph takes only heights and widths that are multiples of N (its metadata's
+``size_multiple``, see ``export.onnx``) says so in ``inputSizeMultiple``, and one that takes one image at a time
+in ``inputBatchSize`` (dsclora's fields, not OpenModelDB's).
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ def _known_facts(loaded: ModelDescriptor) -> dict:
     return {}
 
 
+def _resource(path: Path) -> dict:
+    platform, kind = PLATFORMS.get(path.suffix, ("other", path.suffix.lstrip(".")))
+    found = {"platform": platform, "type": kind, "file": path.name, "size": path.stat().st_size}
+    found["sha256"] = sha256_file(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if int(props.get("size_multiple", "1")) > 1:
+            found["inputSizeMultiple"] = int(props["size_multiple"])
+        if props.get("batch") == "1":
+            found["inputBatchSize"] = 1
+    return found
+
+
 def model_card(loaded: ModelDescriptor, files: list[Path]) -> dict:
     """The OpenModelDB-style record of an export made of ``files``."""
     facts = _known_facts(loaded)
@@ -57,16 +75,7 @@ def model_card(loaded: ModelDescriptor, files: list[Path]) -> dict:
         "inputChannels": loaded.in_channels,
         "outputChannels": loaded.out_channels,
         "parameters": params,
-        "resources": [
-            {
-                "platform": PLATFORMS.get(f.suffix, ("other", f.suffix.lstrip(".")))[0],
-                "type": PLATFORMS.get(f.suffix, ("other", f.suffix.lstrip(".")))[1],
-                "file": f.name,
-                "size": f.stat().st_size,
-                "sha256": sha256_file(f),
-            }
-            for f in files
-        ],
+        "resources": [_resource(f) for f in files],
     }
     for key in ("dataset", "datasetSize", "trainingIterations", "trainingBatchSize", "trainingHRSize",
                 "pretrainedModelG", "teacher", "recipe", "source", "metrics"):  # fmt: skip

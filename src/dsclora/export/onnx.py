@@ -1,8 +1,17 @@
 """ONNX: the one graph builder (used by ``dsclora export`` and by the ONNX Runtime back-end) and checked files.
 
-The graph is the merged network as a descriptor runs it (input range and padding inside, so the file takes and
-gives RGB in [0, 1]) with dynamic batch / height / width, or one fixed input size
-(``static``), which TensorRT and some mobile runtimes prefer. ``fp16`` stores weights and computes in half
+The graph is the merged network with its input range inside (the file takes and gives RGB in [0, 1]) and
+dynamic batch / height / width, or one fixed input size (``static``), which TensorRT and some mobile runtimes
+prefer. Padding to the size a network needs (the descriptor's ``size_multiple``) stays OUTSIDE a dynamic graph:
+TorchScript tracing records the pad amounts of the traced size as constants, so a graph with the padding inside
+is right only at sizes padded like the traced one (a CRAFT graph traced at 32x32 was 0.54 off at 72x72). Such a
+graph takes heights and widths that are multiples of ``size_multiple`` (in its metadata, ``size_multiple``);
+callers pad and crop (``runtime.backends`` does). A graph wrong for a batch of two has its batch fixed to 1
+(``settle_batch``). A static graph keeps the padding inside: its one size is the
+traced one. Every graph is checked in ONNX Runtime against torch at two input sizes, one of them not the traced
+size and, where the graph takes any size, a multiple of neither 8 nor 16 (``check_inputs``).
+
+``fp16`` stores weights and computes in half
 precision; its inputs and outputs stay float32 unless ``io="fp16"`` (cast nodes at both ends), so callers need
 not change. ``io="fp16"`` with ``precision="fp32"`` is fp32 compute behind fp16 inputs and outputs (half the
 bytes to move, fp32 accuracy inside); its check allows for the fp16 rounding of the output. Exported files clamp
@@ -26,7 +35,7 @@ from torch import nn
 
 from dsclora.errors import DscloraError
 from dsclora.fs import atomic_write
-from dsclora.models.descriptor import ModelDescriptor
+from dsclora.models.descriptor import ImageInterface, ModelDescriptor
 
 OPSET = 17
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}  # max abs difference to torch fp32 on a real image, [0, 1] scale
@@ -88,16 +97,118 @@ def _simplified(data: bytes) -> bytes:
         return onnxslim.slim(onnx.load_from_string(data)).SerializeToString()
 
 
+def graph_network(
+    described: ModelDescriptor, module: nn.Module | None = None, static: bool = False
+) -> tuple[nn.Module, int]:
+    """What a graph of ``module`` (default: the descriptor's) holds, and the multiple its input sizes must be.
+
+    A dynamic graph holds the input range but not the padding (see the module docstring): its inputs must be
+    multiples of ``size_multiple``. A static graph holds both and takes its one size."""
+    if static or described.size_multiple == 1:
+        return described.runnable(module), 1
+    net = described.module if module is None else module
+    return ImageInterface(net, described.scale, described.input_range), described.size_multiple
+
+
+def traced_size(multiple: int) -> tuple[int, int]:
+    """The input size a dynamic graph is traced at: about 32x32, a multiple of ``multiple``."""
+    side = max(32 // multiple, 1) * multiple
+    return side, side
+
+
+def _sized(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``image`` cropped (tiled first where it is smaller) to ``height`` x ``width``."""
+    reps = (1, 1, -(-height // image.shape[2]), -(-width // image.shape[3]))
+    return image.repeat(reps)[:, :, :height, :width]
+
+
+def check_inputs(probe: torch.Tensor, multiple: int = 1, static: tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """The single images a graph is checked on, cut from the real image ``probe``: a static graph's one size;
+    else the probe cut to a multiple of ``multiple``, and another size that is not the traced one and, for a
+    graph that takes any size, a multiple of neither 8 nor 16 (23x29), else ``multiple`` times odd numbers (3
+    and 5): sizes where pad amounts baked in at trace time would show."""
+    if static:
+        h, w = static
+        if probe.shape[2] < h or probe.shape[3] < w:
+            raise DscloraError(f"the check image is smaller than the static input size {h}x{w}")
+        return [probe[:, :, :h, :w]]
+    m = multiple
+    first = _sized(probe, max(probe.shape[2] // m, 1) * m, max(probe.shape[3] // m, 1) * m)
+    return [first, _sized(probe, *((23, 29) if m == 1 else (3 * m, 5 * m)))]
+
+
+def _batch_of_one(data: bytes) -> bytes:
+    """The graph with its batch fixed to 1 (and ``batch`` 1 in its metadata)."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # replaces the symbolic "batch"
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "batch", "1"
+    return proto.SerializeToString()
+
+
+def settle_batch(
+    data: bytes, reference: nn.Module, x: torch.Tensor, tolerance: float, clamp: bool, providers=None
+) -> tuple[bytes, object]:
+    """``data`` and its session where the graph is right for a batch of two (``x`` and its mirror image), else
+    the graph with its batch fixed to 1: some networks compute their batch size with ``int()`` from shapes
+    (spandrel's CRAFT, ``windows2img``), which tracing freezes at the traced batch of 1."""
+    session = onnxruntime_session(data, providers)
+    try:
+        check_graph(session, reference, [torch.cat([x, x.flip(-1)])], tolerance, clamp, "")
+    except DscloraError:
+        data = _batch_of_one(data)
+        session = onnxruntime_session(data, providers)
+    return data, session
+
+
+def check_graph(
+    session, reference: nn.Module, inputs: list[torch.Tensor], tolerance: float, clamp: bool, refusal: str
+) -> float:
+    """The largest abs difference of the graph in ``session`` to ``reference`` (torch fp32) over ``inputs``
+    (outputs clamped alike where ``clamp``); a difference above ``tolerance``, a wrong shape or a size ONNX
+    Runtime cannot run raises a one-line DscloraError ending in ``refusal``."""
+    reference = copy.deepcopy(reference).float().cpu().eval()
+    worst = 0.0
+    for x in inputs:
+        size = "{}x{}".format(*x.shape[2:])
+        feed = x.numpy()
+        try:
+            got = session.run(None, {"input": feed})[0].astype(np.float32)
+        except Exception as error:  # ONNX Runtime raises its own exception types (Fail, InvalidArgument, ...)
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            raise DscloraError(f"ONNX Runtime cannot run the graph at {size} ({lines[0]}); {refusal}") from None
+        with torch.no_grad():
+            want = reference(torch.from_numpy(feed.astype(np.float32)))
+        want = (want.clamp(0, 1) if clamp else want).numpy()
+        if got.shape != want.shape:
+            raise DscloraError(f"ONNX Runtime gives {got.shape} at {size}, torch {want.shape}; {refusal}")
+        diff = float(np.abs(got - want).max())
+        if not diff <= tolerance:
+            raise DscloraError(
+                f"ONNX Runtime output differs from torch by {diff:.2e} at {size} (> {tolerance:.0e}); {refusal}"
+            )
+        worst = max(worst, diff)
+    return worst
+
+
 def onnx_bytes(
-    model: nn.Module, options: OnnxOptions = OnnxOptions(), metadata: dict[str, str] | None = None, in_channels: int = 3
+    model: nn.Module,
+    options: OnnxOptions = OnnxOptions(),
+    metadata: dict[str, str] | None = None,
+    in_channels: int = 3,
+    multiple: int = 1,
 ) -> bytes:
-    """The serialised ONNX graph of ``model`` (any module mapping NCHW [0, 1] images to NCHW [0, 1] images)."""
+    """The serialised ONNX graph of ``model`` (any module mapping NCHW [0, 1] images to NCHW [0, 1] images),
+    traced at a size that is a multiple of ``multiple`` (the multiple ``graph_network`` says the graph takes)."""
     try:
         import onnx
     except ImportError:
         raise DscloraError("ONNX needs the onnx package: pip install 'dsclora[onnx]'") from None
     graph = _Graph(copy.deepcopy(model).cpu().eval(), options)
-    h, w = options.static or (32, 32)
+    h, w = options.static or traced_size(multiple)
     sample = torch.rand(1, in_channels, h, w).to(graph.io)
     dynamic = None if options.static else {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
@@ -144,29 +255,25 @@ def export_onnx(
     options: OnnxOptions = OnnxOptions(),
     metadata: dict[str, str] | None = None,
 ) -> float:
-    """Write an ONNX file atomically after checking it in ONNX Runtime against torch fp32 on ``probe``.
-
-    Returns the max abs difference (outputs clamped alike); raises, writing nothing, above ``TOLERANCE``.
-    """
+    """Write an ONNX file atomically after checking it in ONNX Runtime against torch fp32 on ``check_inputs``
+    (cut from ``probe``). Returns the max abs difference (outputs clamped alike); raises, writing nothing, above
+    ``TOLERANCE``. A dynamic graph records the multiple its sizes must be in its metadata (``size_multiple``),
+    and ``batch`` 1 where its batch had to be fixed (``settle_batch``)."""
     check_options(options)
-    model = described.runnable()
-    data = onnx_bytes(model, options, metadata, described.in_channels)
-    session = onnxruntime_session(data)
-    x = probe
-    if options.static:
-        h, w = options.static
-        if probe.shape[2] < h or probe.shape[3] < w:
-            raise DscloraError(f"the check image is smaller than the static input size {h}x{w}")
-        x = probe[:, :, :h, :w]
-    feed = x.numpy().astype(np.float16 if options.io == "fp16" else np.float32)
-    got = session.run(None, {"input": feed})[0].astype(np.float32)
-    with torch.no_grad():  # the reference sees the input the file sees (rounded to fp16 with fp16 I/O)
-        want = copy.deepcopy(model).float().eval()(torch.from_numpy(feed.astype(np.float32)))
-    want = (want.clamp(0, 1) if options.clamp else want).numpy()
-    diff = float(np.abs(got - want).max())
+    network, multiple = graph_network(described, static=options.static is not None)
+    metadata = {**(metadata or {}), "size_multiple": str(multiple)}
+    data = onnx_bytes(network, options, metadata, described.in_channels, multiple)
+    io_dtype = torch.float16 if options.io == "fp16" else torch.float32
+    inputs = [x.to(io_dtype) for x in check_inputs(probe, multiple, options.static)]
     tolerance = TOLERANCE[options.precision] + (FP16_IO_ROUNDING if options.io == "fp16" else 0.0)
-    if not diff <= tolerance:
-        raise DscloraError(f"ONNX Runtime output differs from torch by {diff:.2e} (> {tolerance:.0e}); not written")
+    # the reference is the network as torch runs it for every caller (padding and all) on the very input the
+    # file sees (rounded to fp16 with fp16 I/O)
+    reference = described.runnable()
+    if options.static:
+        session = onnxruntime_session(data)
+    else:
+        data, session = settle_batch(data, reference, inputs[-1], tolerance, options.clamp)
+    diff = check_graph(session, reference, inputs, tolerance, options.clamp, "not written")
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
     return diff

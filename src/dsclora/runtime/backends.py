@@ -36,10 +36,19 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from dsclora.data.images import check_image
 from dsclora.errors import DscloraError
-from dsclora.export.onnx import OnnxOptions, onnx_bytes, onnxruntime_session
+from dsclora.export.onnx import (
+    TOLERANCE,
+    OnnxOptions,
+    check_graph,
+    check_inputs,
+    graph_network,
+    onnx_bytes,
+    settle_batch,
+)
 from dsclora.models.adapters import replace_module
-from dsclora.models.descriptor import ModelDescriptor
+from dsclora.models.descriptor import ImageInterface, ModelDescriptor
 from dsclora.models.rounding import bf16_keeping_sums
 
 BACKENDS = ("torch", "channels_last", "compile", "onnxruntime")  # what --backend names besides auto
@@ -129,16 +138,44 @@ def _torch_runner(
     return run
 
 
-def _onnxruntime_runner(model: nn.Module, device: torch.device, precision: str, in_channels: int) -> Runner:
+class _OnnxNetwork(nn.Module):
+    """An ONNX Runtime session as a module, so that ``ImageInterface`` pads and crops around it in torch."""
+
+    def __init__(self, session, device: torch.device) -> None:
+        super().__init__()
+        self.session, self.device = session, device
+        self.one_at_a_time = session.get_inputs()[0].shape[0] == 1  # a graph whose batch is fixed to 1
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([self._run(one) for one in x.split(1)]) if self.one_at_a_time else self._run(x)
+        return out.to(self.device)
+
+
+def _onnxruntime_runner(described: ModelDescriptor, model: nn.Module, device: torch.device, precision: str) -> Runner:
+    """``model`` (of the descriptor's architecture) as a graph without padding: the padding to the descriptor's
+    ``size_multiple`` is done here in torch, outside the graph (see ``export.onnx``). The graph is checked
+    against torch at two small sizes first (``export.onnx.check_inputs``), so a network that pads itself in a way
+    tracing freezes is refused instead of run wrong; a graph fixed to a batch of 1 runs a batch image by image."""
     if precision != "fp32":
         raise DscloraError("--backend onnxruntime runs fp32 only")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else None
-    data = onnx_bytes(model, OnnxOptions(clamp=False, simplify=False), in_channels=in_channels)
-    session = onnxruntime_session(data, providers)
+    network, multiple = graph_network(described, model)
+    options = OnnxOptions(clamp=False, simplify=False)
+    data = onnx_bytes(network, options, in_channels=described.in_channels, multiple=multiple)
+    probe = check_image()[:, : described.in_channels, :48, :48]
+    refusal = f"--backend onnxruntime cannot run {described.arch}: use --backend torch"
+    inputs = check_inputs(probe, multiple)
+    reference = described.runnable(model)
+    _, session = settle_batch(data, reference, inputs[-1], TOLERANCE["fp32"], False, providers)
+    check_graph(session, reference, inputs, TOLERANCE["fp32"], clamp=False, refusal=refusal)
+    padded = ImageInterface(_OnnxNetwork(session, device), described.scale, size_multiple=multiple)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})[0]
-        return torch.from_numpy(out).to(device)
+        with torch.no_grad():
+            return padded(x)
 
     return run
 
@@ -180,9 +217,9 @@ def make_runner(
         own = hooks.accurate_bf16_form if fast and device.type == "cpu" else None
         work = own(work) if own is not None else accurate_bf16_copy(work, hooks.fp32_layers)
         autocast = None if own is not None else autocast  # the architecture's own form sets its dtypes itself
-    work = described.runnable(work)
     if backend == "onnxruntime":
-        return _onnxruntime_runner(work, device, precision, described.in_channels)
+        return _onnxruntime_runner(described, work, device, precision)
+    work = described.runnable(work)
     if backend == "compile":
         mode = "max-autotune" if device.type == "cuda" else None
         compiled = torch.compile(work.to(memory_format=torch.channels_last), mode=mode)
