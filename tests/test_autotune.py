@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dsclora.errors import DscloraError
 from dsclora.models.descriptor import ModelDescriptor
 from dsclora.models.span import SPAN, SpanConfig
 from dsclora.runtime import autotune
@@ -46,6 +47,24 @@ def fake_timings(monkeypatch, eager: dict[str, float], compiled: tuple[float, fl
 
 def choose(model: ModelDescriptor, shapes=None) -> autotune.Choice:
     return autotune.resolve(model, "auto", torch.device("cpu"), "fp32", shapes)
+
+
+def test_a_path_that_refuses_the_network_is_skipped_and_remembered(monkeypatch, tiny) -> None:
+    """ONNX Runtime refuses a network whose padding a trace would freeze: auto takes the next fastest path, and
+    the refusal is cached like a timing (not tried again)."""
+    timed = fake_timings(monkeypatch, {"torch": 2.0, "channels_last": 1.5, "onnxruntime": 1.0}, None)
+    real = autotune.Timings._measure
+
+    def refusing(self, backend: str, pad: int) -> tuple[float, float]:
+        if backend == "onnxruntime":
+            timed.append(backend)
+            raise DscloraError("--backend onnxruntime cannot run tiny: use --backend torch")
+        return real(self, backend, pad)
+
+    monkeypatch.setattr(autotune.Timings, "_measure", refusing)
+    assert choose(tiny).backend == "channels_last"
+    assert choose(tiny).backend == "channels_last"
+    assert timed == ["torch", "channels_last", "onnxruntime"]
 
 
 def test_eager_choice_is_measured_once_and_cached(monkeypatch, tiny) -> None:

@@ -249,6 +249,16 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dynamic_shape(onnx_file: str) -> str:
+    """What sizes a dynamic graph takes, as its metadata records them (a multiple, a batch fixed to 1)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(onnx_file, load_external_data=False).metadata_props}
+    multiple = int(props.get("size_multiple", "1"))
+    batch = "batch 1" if props.get("batch") == "1" else "dynamic batch"
+    return f"{batch}, height/width {'any' if multiple == 1 else f'multiples of {multiple}'}"
+
+
 def _convert(
     command: str,
     source: str,
@@ -377,7 +387,7 @@ def export(args: argparse.Namespace) -> int:
         metadata |= {"exported_by": f"dsclora {__version__}"}
         diff = export_onnx(loaded, args.output, probe, options, metadata)
         files = [Path(args.output)]
-        shape = "static {}x{}".format(*args.static) if args.static else "dynamic batch/height/width"
+        shape = "static {}x{}".format(*args.static) if args.static else _dynamic_shape(args.output)
         what = (
             f"ONNX opset {args.opset}, {args.precision} ({args.io} in/out), {shape}; ONNX Runtime vs torch {diff:.1e}"
         )

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from dsclora.devices import device_name, native_bf16
+from dsclora.errors import DscloraError
 from dsclora.fs import user_cache_dir
 from dsclora.models.descriptor import ModelDescriptor
 from dsclora.runtime.backends import check_combination, make_runner
@@ -172,18 +173,26 @@ class Timings:
         first, steady = _timed(runner, x, self.device, self.repeats)
         return first - steady, steady / (self.size[0] * self.size[1] / 1e6)
 
-    def per_mpix(self, path: Path) -> float:
-        """Seconds per megapixel of one eager path (measured on first use, then cached)."""
+    def per_mpix(self, path: Path) -> float | None:
+        """Seconds per megapixel of one eager path (measured on first use, then cached); None where the path
+        refuses this network (ONNX Runtime for a network whose padding a trace would freeze)."""
         known = self.entry.setdefault("per_mpix", {})
         name = "{}/{}".format(*path)
         if name not in known:
-            known[name] = self._measure(*path)[1]
+            try:
+                known[name] = self._measure(*path)[1]
+            except DscloraError:
+                if path[0] == "torch":  # the reference path always runs: its refusal is the user's to see
+                    raise
+                known[name] = None
             self.cache.save(self.key, self.entry)
         return known[name]
 
     def eager(self, paths: list[Path] | None = None) -> dict[str, float]:
-        """Seconds per megapixel of each eager path (default: every candidate), keyed ``backend/pad``."""
-        return {"{}/{}".format(*path): self.per_mpix(path) for path in (self.candidates if paths is None else paths)}
+        """Seconds per megapixel of each eager path that runs this network (default: every candidate), keyed
+        ``backend/pad``."""
+        timed = {"{}/{}".format(*path): self.per_mpix(path) for path in (self.candidates if paths is None else paths)}
+        return {name: seconds for name, seconds in timed.items() if seconds is not None}
 
     def accuracy(self, path: Path) -> Accuracy:
         """The path's accuracy against fp32 on the reference images (checked on first use, then cached)."""
