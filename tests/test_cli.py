@@ -935,3 +935,11 @@ def test_eval_records_the_precision_it_computed_in(capsys, tmp_path: Path) -> No
     code, _, err = run_cli(capsys, *argv, "--precision", "auto", "--json", str(tmp_path / "b.json"))
     chosen = json.loads((tmp_path / "b.json").read_text())["precision"]
     assert code == 0 and f"precision {chosen} (" in err and "precision auto: " in err, err
+
+
+def test_tiles_too_small_to_be_useful_are_refused_and_an_unused_overlap_is_said(capsys, tmp_path, photo_png) -> None:
+    code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(tmp_path / "a"), "--tile", "1")
+    assert code == 2 and "must be 0 (whole images) or at least 16, got 1" in err and not (tmp_path / "a").exists()
+    argv = ["upscale", str(photo_png), "-o", str(tmp_path / "b"), "--tile", "0", "--tile-overlap", "8"]
+    code, _, err = run_cli(capsys, *argv, "--precision", "fp32")
+    assert code == 0 and "note: --tile-overlap is unused" in err, err

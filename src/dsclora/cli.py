@@ -71,8 +71,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+MIN_TILE = 16  # smaller tiles compute mostly overlap (a 1-pixel tile of SPAN computes 43x43 pixels for each one)
+
+
 def _tile(text: str) -> int | None:
-    return None if text == "auto" else _int_at_least(0)(text)
+    if text == "auto":
+        return None
+    value = _int_at_least(0)(text)
+    if 0 < value < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"must be 0 (whole images) or at least {MIN_TILE}, got {value}")
+    return value
 
 
 def _overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -144,7 +152,7 @@ def _runtime_options(parser: argparse.ArgumentParser, tiling: bool = True, preci
             type=_tile,
             default=None,
             metavar="N|auto|0",
-            help="LR tile size in pixels; 0 = whole images; default auto: whole images unless one would need more "
+            help=f"LR tile size in pixels, at least {MIN_TILE}; 0 = whole images; default auto: whole images unless one would need more "
             "than --memory-budget, then the largest tile that fits (printed)",
         )
         parser.add_argument(

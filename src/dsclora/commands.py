@@ -100,6 +100,8 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
         tile = auto_tile(sizes, _bytes_per_pixel(loaded), overlap, budget)
         if tile:
             print(f"tile: {tile} (auto: a whole image would need more than {args.memory_budget} MiB)", file=sys.stderr)
+    if args.tile_overlap is not None and not tile:
+        print("note: --tile-overlap is unused: images are upscaled whole, without tiles", file=sys.stderr)
     overlap = _tile_overlap(args, loaded) if tile else 0
     upscaler = TiledUpscaler(loaded.module, loaded.scale, tile, overlap)
     shapes = upscaler.forward_shapes(sizes)
