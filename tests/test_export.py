@@ -200,3 +200,48 @@ def test_no_norm_span_from_spandrel_files_is_computed_unnormalised(tmp_path: Pat
     reread = load(str(again)).module
     with torch.no_grad():
         assert reread.config.norm is False and (reread(x) - loaded(x)).abs().max().item() <= 1e-5
+
+
+def test_ntire_export_on_a_full_disk_is_one_line_and_leaves_no_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    """torch.save on a full disk says only "unexpected pos": the export recognises the full disk and removes the
+    folders it made."""
+    import dsclora.export.ntire as ntire
+
+    def full_disk_save(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 180480 vs 180408")
+
+    monkeypatch.setattr(ntire.torch, "save", full_disk_save)
+    monkeypatch.setattr("dsclora.fs.nearly_full", lambda _folder: True)
+    out = tmp_path / "sub" / "deep"
+    code = main(["export", "--format", "ntire", "--team", "5", "--name", "X", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dsclora: error: no space left on device for ") and err.count("\n") == 1
+    assert "team05_X.pth was not written" in err
+    assert list(tmp_path.iterdir()) == []  # neither deep/ nor sub/
+
+
+def test_a_network_onnx_cannot_express_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Adaptive pooling to a size computed from the input (SAFMNv3 does this) has no ONNX form: one line, not the
+    exporter's graph dump, and the onnxruntime back-end refuses the same way (so auto skips it)."""
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    from dsclora.errors import DscloraError
+    from dsclora.export.onnx import onnx_bytes
+    from dsclora.models.descriptor import ModelDescriptor
+    from dsclora.runtime.backends import make_runner
+
+    class InputSizedPooling(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled = torch.nn.functional.adaptive_max_pool2d(self.conv(x), (x.shape[2] // 8, x.shape[3] // 8))
+            up = torch.nn.functional.interpolate(pooled, size=x.shape[2:]) + self.conv(x)
+            return torch.nn.functional.pixel_shuffle(up, 2)
+
+    with pytest.raises(DscloraError, match="InputSizedPooling cannot be exported to ONNX: ") as error:
+        onnx_bytes(InputSizedPooling())
+    assert "\n" not in str(error.value) and "graph(" not in str(error.value)
+    toy = ModelDescriptor(InputSizedPooling().eval(), "toy", 2, "toy", {}, "toy")
+    with pytest.raises(DscloraError):
+        make_runner(toy, "onnxruntime", torch.device("cpu"))

@@ -8,10 +8,8 @@ compared with torch before the files are put in place. Both tools are an optiona
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,30 +17,11 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
+from dsclora.export.capture import captured_output
 from dsclora.fs import NEARLY_FULL_BYTES, free_bytes, nearly_full, no_space_error
 from dsclora.models.descriptor import ModelDescriptor
 
 TOLERANCE = 1e-4  # max abs difference to torch fp32 on a [0, 1] image (measured: ~1e-6)
-
-
-@contextlib.contextmanager
-def _captured_output(log: Path):
-    """Send this process's stdout/stderr file descriptors to ``log``: pnnx's C++ passes print there directly."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(log, "w") as handle:
-        os.dup2(handle.fileno(), 1)
-        os.dup2(handle.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(handle):
-                yield
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
 
 
 def ncnn_paths(path: str | Path) -> tuple[Path, Path]:
@@ -92,7 +71,7 @@ def export_ncnn(described: ModelDescriptor, path: str | Path, probe: torch.Tenso
     with tempfile.TemporaryDirectory(dir=param.parent) as work:
         stem = Path(work) / "model"
         log = Path(work) / "pnnx.log"
-        with _captured_output(log):
+        with captured_output(log):
             pnnx.export(
                 deployed,
                 str(stem) + ".pt",

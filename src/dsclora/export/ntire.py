@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
+from dsclora.fs import no_space
 from dsclora.models.descriptor import ModelDescriptor
 
 TOLERANCE = 1e-4  # max abs difference to our output on a [0, 1] image
@@ -93,18 +94,29 @@ def export_ntire(described: ModelDescriptor, folder: str | Path, team: int, name
     if _shadows(source, name):
         raise DscloraError(f"--name {name!r}: the module already uses that name; choose another")
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders this export creates
     folder.mkdir(parents=True, exist_ok=True)
-    model = described.runnable().float().cpu().eval()
-    probe = torch.rand(1, described.in_channels, 32, 40, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = model(probe)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".ntire-") as work:
-        work = Path(work)
-        (work / f"{stem}.py").write_text(source)
-        torch.save(state, work / f"{stem}.pth")
-        diff = float((_run_like_the_kit(work, stem, name, probe) - want).abs().max())
-        if not diff <= TOLERANCE:
-            raise DscloraError(f"the NTIRE module's output differs from ours by {diff:.2e}; nothing written")
-        for suffix in (".pth", ".py"):
-            os.replace(work / f"{stem}{suffix}", folder / f"{stem}{suffix}")
+    try:
+        model = described.runnable().float().cpu().eval()
+        probe = torch.rand(1, described.in_channels, 32, 40, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            want = model(probe)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".ntire-") as work:
+            work = Path(work)
+            (work / f"{stem}.py").write_text(source)
+            torch.save(state, work / f"{stem}.pth")
+            diff = float((_run_like_the_kit(work, stem, name, probe) - want).abs().max())
+            if not diff <= TOLERANCE:
+                raise DscloraError(f"the NTIRE module's output differs from ours by {diff:.2e}; nothing written")
+            for suffix in (".pth", ".py"):
+                os.replace(work / f"{stem}{suffix}", folder / f"{stem}{suffix}")
+    except BaseException as exc:  # nothing of a failed export stays: its folders go too, and a full disk says so
+        for made_folder in made:
+            if made_folder.is_dir() and not any(made_folder.iterdir()):
+                made_folder.rmdir()
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        full = no_space(exc, existing, f"{stem}.pth") if isinstance(exc, Exception) else None
+        if full is not None:
+            raise full from None
+        raise
     return folder / f"{stem}.py", folder / f"{stem}.pth", diff

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import io
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from dsclora.errors import DscloraError
+from dsclora.export.capture import captured_output
 from dsclora.fs import atomic_write
 from dsclora.models.descriptor import ImageInterface, ModelDescriptor
 
@@ -214,16 +216,21 @@ def onnx_bytes(
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
-        torch.onnx.export(
-            graph,
-            (sample,),
-            buffer,
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=options.opset,
-            dynamic_axes={"input": dynamic, "output": dynamic} if dynamic else None,
-            dynamo=False,
-        )
+        try:  # a failed export prints the whole TorchScript graph from C++: kept out of the terminal
+            with tempfile.TemporaryDirectory() as work, captured_output(Path(work) / "exporter.log"):
+                torch.onnx.export(
+                    graph,
+                    (sample,),
+                    buffer,
+                    input_names=["input"],
+                    output_names=["output"],
+                    opset_version=options.opset,
+                    dynamic_axes={"input": dynamic, "output": dynamic} if dynamic else None,
+                    dynamo=False,
+                )
+        except Exception as exc:  # the tracer raises many kinds (unsupported operator, symbolic value, ...)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split("  [Caused by")[0][:300]
+            raise DscloraError(f"{type(model).__name__} cannot be exported to ONNX: {reason}") from None
     data = _simplified(buffer.getvalue()) if options.simplify else buffer.getvalue()
     if metadata:
         proto = onnx.load_from_string(data)
