@@ -943,3 +943,21 @@ def test_tiles_too_small_to_be_useful_are_refused_and_an_unused_overlap_is_said(
     argv = ["upscale", str(photo_png), "-o", str(tmp_path / "b"), "--tile", "0", "--tile-overlap", "8"]
     code, _, err = run_cli(capsys, *argv, "--precision", "fp32")
     assert code == 0 and "note: --tile-overlap is unused" in err, err
+
+
+def test_available_memory_respects_an_address_space_limit(monkeypatch, tmp_path: Path) -> None:
+    """`ulimit -v` caps what an allocation can get below MemAvailable: the memory checks must see the cap."""
+    import resource
+
+    from dsclora import devices
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\n")  # 16 GiB available
+    status = tmp_path / "status"
+    status.write_text("Name: python\nVmSize: 2097152 kB\n")  # 2 GiB already mapped
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (3 * 2**30, resource.RLIM_INFINITY))
+    assert devices._address_space_left(status) == 2**30  # a 3 GiB limit, 2 GiB mapped
+    monkeypatch.setattr(devices, "_address_space_left", lambda: 2**30)
+    assert devices.available_memory(torch.device("cpu"), meminfo) == 2**30
+    monkeypatch.setattr(devices, "_address_space_left", lambda: None)  # no limit: MemAvailable
+    assert devices.available_memory(torch.device("cpu"), meminfo) == 16 * 2**30

@@ -379,7 +379,9 @@ def test_existing_run_needs_resume(tmp_path: Path, photo_folders) -> None:
         Trainer(config, quiet=True)
 
 
-@pytest.mark.parametrize("damage", ["no config", "model of another network", "step not a number"])
+@pytest.mark.parametrize(
+    "damage", ["no config", "model of another network", "step not a number", "step negative", "step beyond the run"]
+)
 def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path: Path, photo_folders, damage: str) -> None:
     config = load_config(TINY_DSCLORA, overrides(photo_folders, tmp_path / "run", "run.steps=2"))
     Trainer(config, quiet=True).run()
@@ -390,7 +392,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path: Path, photo_fold
     elif damage == "model of another network":
         state["model"] = {"conv.weight": torch.zeros(1)}
     else:
-        state["step"] = "ten"
+        state["step"] = {"step not a number": "ten", "step negative": -5, "step beyond the run": 10**18}[damage]
     torch.save(state, latest)
     with pytest.raises(DscloraError, match="is damaged or not this recipe's checkpoint") as error:
         Trainer(config, resume=True, quiet=True)
@@ -650,3 +652,10 @@ def test_a_log_row_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
         logger.log("train", {"step": 2, "loss": 0.25})
     assert (tmp_path / "train.csv").read_bytes() == b"step,loss\r\n1,0.5\r\n"
     handle.close()
+
+
+def test_a_recipe_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DscloraError, match="nested too deeply"):
+        load_config(deep)

@@ -75,9 +75,14 @@ def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> 
 
 def available_memory(device: torch.device, meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """Bytes a new allocation on ``device`` can still get: free CUDA memory, or the kernel's MemAvailable
-    (page cache it can drop included); None where neither can be read."""
+    (page cache it can drop included), lowered to what this process's address-space limit (``ulimit -v``) still
+    allows; None where none of these can be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return min((b for b in (_system_available(meminfo), _address_space_left()) if b is not None), default=None)
+
+
+def _system_available(meminfo: Path) -> int | None:
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -88,3 +93,19 @@ def available_memory(device: torch.device, meminfo: Path = Path("/proc/meminfo")
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _address_space_left(status: Path = Path("/proc/self/status")) -> int | None:
+    """RLIMIT_AS minus the address space already mapped (VmSize); None without a limit."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        for line in status.read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(limit - int(line.split()[1]) * 1024, 0)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return None

@@ -268,6 +268,8 @@ def load_config(
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise DscloraError(f"{path}: not a YAML recipe (not UTF-8 text); give one like configs/*.yaml") from None
+        except RecursionError:
+            raise DscloraError(f"{path}: not a recipe (nested too deeply)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""

@@ -182,6 +182,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
+            if not 0 <= self.step <= self.config.run.steps:
+                raise ValueError(f"step {self.step} is outside 0..run.steps ({self.config.run.steps})")
             self.best.update(state["best"])
             self.bad_steps = int(state["bad_steps"])
             torch.set_rng_state(state["rng_torch"])
