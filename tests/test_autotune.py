@@ -265,3 +265,14 @@ def test_cache_key_names_cpu_network_backend_and_shape_class(monkeypatch, tiny) 
     monkeypatch.setattr(autotune, "device_name", lambda device: "another CPU x2 threads")
     assert key() != base
     assert other.identity != tiny.identity
+
+
+def test_a_path_with_non_finite_output_is_never_within_the_bound() -> None:
+    """A network that gives NaN must not look exact ("+0.0000 dB, max 0/255") to auto's reference check."""
+    from dsclora.runtime.reference import accuracy
+
+    def nan_net(x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 3, x.shape[2] * 2, x.shape[3] * 2), float("nan"))
+
+    found = accuracy(nan_net, nan_net, 2, torch.device("cpu"))
+    assert not found.ok and found.describe() == "NaN / Inf in the output"

@@ -238,7 +238,8 @@ def _quantise(x: np.ndarray, top: int, dtype: type) -> np.ndarray:
     y = np.multiply(x, float(top))
     y += 0.5
     np.clip(y, 0, top, out=y)
-    return y.astype(dtype)
+    with np.errstate(invalid="ignore"):  # NaN (a broken network) casts to 0; callers check outputs are finite
+        return y.astype(dtype)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

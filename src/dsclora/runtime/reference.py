@@ -43,6 +43,8 @@ class Accuracy:
         return abs(self.db_change) <= MAX_DB_CHANGE and self.max_abs <= MAX_ABS_CHANGE
 
     def describe(self) -> str:
+        if not np.isfinite(self.max_abs):
+            return "NaN / Inf in the output"
         return f"{self.db_change:+.4f} dB, max |Δ| {self.max_abs * 255:.1f}/255"
 
 
@@ -67,6 +69,8 @@ def accuracy(
     for hr, lr in reference_pairs(scale):
         got = runner(lr.to(device)).float().clamp(0, 1).cpu()
         want = reference(lr.to(device)).float().clamp(0, 1).cpu()
+        if not (torch.isfinite(got).all() and torch.isfinite(want).all()):  # never within any bound
+            return Accuracy(float("nan"), float("inf"))
         worst = max(worst, (got - want).abs().max().item())
         changes.append(psnr_y(to_uint8(to_array(got)), hr, scale) - psnr_y(to_uint8(to_array(want)), hr, scale))
     return Accuracy(float(np.mean(changes)), worst)
