@@ -84,14 +84,14 @@ def test_merged_adapters_load_strictly_into_the_networks_own_class(tmp_path: Pat
             p.normal_(0, 0.02)
     merged = merge(adapted)
     files = loaded.saver(merged, tmp_path / "merged.pth")
-    assert [f.name for f in files] == ["merged.pth", "merged.yaml"]
+    assert [f.name for f in files] == ["merged.yaml", "merged.pth"]  # the file to load first
     own = build_module(read_spec(spec_path(name)))  # the author's class, as the author's code builds it
-    own.load_state_dict(torch.load(files[0], weights_only=True), strict=True)
+    own.load_state_dict(torch.load(files[1], weights_only=True), strict=True)
     x = probe()
     with torch.no_grad():
         want = loaded.runnable(adapted.eval())(x)
         assert (loaded.runnable(own.eval())(x) - want).abs().max().item() <= 1e-5
-        assert (load(str(files[1])).runnable()(x) - want).abs().max().item() <= 1e-5  # the spec written beside
+        assert (load(str(files[0])).runnable()(x) - want).abs().max().item() <= 1e-5  # the spec written beside
         assert (want - load(str(spec_path(name))).runnable()(x)).abs().max().item() > 1e-4  # it really changed
     assert count_parameters(own) == base_params and conv_statistics(loaded.runnable(own))["macs"] == base_macs
 

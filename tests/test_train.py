@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from dsclora.cli import main
@@ -34,7 +35,7 @@ from dsclora.weights.checkpoints import read_checkpoint, read_train_state
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
 from dsclora.weights.sources.span import save
-from support import REPO, make_benchmark, photo_crops
+from support import REPO, lr_photos, make_benchmark, photo_crops
 
 TINY_DSCLORA = REPO / "configs" / "dsclora_x4_tiny.yaml"
 TINY_ENS = REPO / "configs" / "dsclora_x4_ens_tiny.yaml"
@@ -659,3 +660,28 @@ def test_a_recipe_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DscloraError, match="nested too deeply"):
         load_config(deep)
+
+
+def test_a_spec_file_base_trains_and_its_final_model_is_the_loadable_spec(tmp_path: Path, photo_folders) -> None:
+    """A student that is any network (here SPANV2 from its NTIRE file): trained, merged, written in its own
+    format, and the run's final_model is the file --weights loads, computing the merged student."""
+    spec = REPO / "configs" / "models" / "spanv2.yaml"
+    weights = (spec.parent / yaml.safe_load(spec.read_text())["weights"]).resolve()
+    if not weights.is_file():
+        pytest.skip(f"SPANV2 weights not found at {weights} (the workspace's ../shared)")
+    extra = [
+        f"model.base={spec}",
+        "model.lora.targets=[{pattern: '*', rank: 2, alpha: 4}]",
+        "run.steps=2",
+        "data.patch=16",
+        "data.batch=2",
+    ]
+    config = load_config(TINY_ENS, ens_overrides(photo_folders, tmp_path / "run", *extra))
+    trainer = Trainer(config, quiet=True)
+    summary = trainer.run()
+    final = Path(summary["final_model"])
+    assert final.name == "final.yaml" and (tmp_path / "run" / "final.pth").is_file()
+    merged, _ = trainer.merged_model()
+    x = lr_photos()[0][:, :, :24, :20]
+    with torch.no_grad():
+        assert (load(str(final)).runnable()(x) - trainer.described.runnable(merged.eval())(x)).abs().max() <= 1e-5

@@ -27,7 +27,8 @@ from dsclora.models.adapters import Rule
 
 
 class Saver(Protocol):
-    """Writes a network of one architecture in that architecture's own format; returns the files written.
+    """Writes a network of one architecture in that architecture's own format; returns the files written, the
+    one ``--weights`` loads first (a spec-file network: its spec, then the state dict it names).
     ``train_form=True`` asks for the re-parameterisable training form (only where ``hooks.train_form`` exists)."""
 
     def __call__(self, module: nn.Module, path: Path, train_form: bool = False) -> list[Path]: ...

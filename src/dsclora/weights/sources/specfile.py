@@ -255,7 +255,7 @@ def _saver(spec: Mapping):
         if train_form:
             raise DscloraError(f"{spec['class']} has no training form dsclora knows")
         weights = write_state_dict(module.state_dict(), path)
-        return [weights, save_spec(spec, weights, Path(path).with_suffix(".yaml"))]
+        return [save_spec(spec, weights, Path(path).with_suffix(".yaml")), weights]  # the file to load first
 
     return save
 
