@@ -685,3 +685,15 @@ def test_a_spec_file_base_trains_and_its_final_model_is_the_loadable_spec(tmp_pa
     x = lr_photos()[0][:, :, :24, :20]
     with torch.no_grad():
         assert (load(str(final)).runnable()(x) - trainer.described.runnable(merged.eval())(x)).abs().max() <= 1e-5
+
+
+def test_a_resumed_run_counts_the_training_time_of_its_earlier_sessions(tmp_path: Path, photo_folders) -> None:
+    """Studies read a run's seconds for its step time: a run resumed after an interruption must report all of it."""
+    base = overrides(photo_folders, tmp_path / "run", "run.steps=2", "run.checkpoint_every=2")
+    first = Trainer(load_config(TINY_SPAN, base), quiet=True).run()
+    latest = tmp_path / "run" / "latest.pt"
+    state = read_train_state(latest)
+    assert 0 < state["seconds"] == pytest.approx(first["seconds"], abs=0.5)
+    torch.save({**state, "seconds": 1000.0}, latest)  # as if the first session had trained for 1000 s
+    resumed = Trainer(load_config(TINY_SPAN, [*base, "run.steps=3"]), resume=True, quiet=True).run()
+    assert resumed["seconds"] > 1000.0  # the earlier session plus this one

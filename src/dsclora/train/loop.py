@@ -122,6 +122,8 @@ class Trainer:
             torch.amp.GradScaler("cuda") if config.optim.amp == "fp16" and self.device.type == "cuda" else None
         )
         self.step = 0
+        self.seconds = 0.0  # training time of the earlier sessions of a resumed run
+        self._session_start: float | None = None
         self.best: dict = {"psnr_y": -math.inf, "step": None}
         self.bad_steps = 0
         if resume:
@@ -158,7 +160,13 @@ class Trainer:
             "best": {k: v for k, v in self.best.items() if v is not None and v != -math.inf},
             "bad_steps": self.bad_steps,
             "rng_torch": torch.get_rng_state(),
+            "seconds": self.elapsed(),
         }
+
+    def elapsed(self) -> float:
+        """Seconds this run has trained, over every session of it (a resumed run counts its earlier ones)."""
+        now = time.perf_counter()
+        return self.seconds + (now - self._session_start if self._session_start is not None else 0.0)
 
     def save_state(self, name: str) -> Path:
         path = self.out / name
@@ -187,6 +195,9 @@ class Trainer:
             self.best.update(state["best"])
             self.bad_steps = int(state["bad_steps"])
             torch.set_rng_state(state["rng_torch"])
+            self.seconds = float(state.get("seconds", 0.0))  # absent in checkpoints written before it was kept
+            if not 0 <= self.seconds < math.inf:
+                raise ValueError(f"seconds {self.seconds} is not a duration")
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0]
             raise DscloraError(
@@ -373,7 +384,7 @@ class Trainer:
                 unit="step",
                 dynamic_ncols=True,
             )
-            start = window = time.perf_counter()
+            self._session_start = window = time.perf_counter()
             last: dict[str, float] = {}
             for batch in loader:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -404,7 +415,7 @@ class Trainer:
             result = self._validate_and_keep_best(logger)
             summary = {
                 "steps": self.step,
-                "seconds": time.perf_counter() - start,
+                "seconds": self.elapsed(),  # every session of a resumed run
                 "last_losses": last,
                 "final_val": result,
                 "best": self.best if self.best["step"] is not None else None,  # None: never validated
