@@ -316,6 +316,14 @@ def any_model_section() -> list[str]:
         "",
         table,
         "",
+        *(
+            [
+                f"{table.count(chr(10)) - 1} of the study's {len(study.RUNS)} runs have finished; the others are yet to run.",
+                "",
+            ]
+            if table.count("\n") - 1 < len(study.RUNS)
+            else []
+        ),
     ]
 
 
