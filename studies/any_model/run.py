@@ -146,7 +146,8 @@ def run(name: str) -> None:
     config = load_config(path)
     run_dir = REPO / config.run.output
     start = time.time()
-    trainer = Trainer(config, resume=(run_dir / "latest.pt").exists(), quiet=True)
+    resume = (run_dir / "latest.pt").exists()  # no checkpoint yet: the files of a cut-short start are replaced
+    trainer = Trainer(config, resume=resume, overwrite=not resume, quiet=True)
     trainable = sum(p.numel() for p in trainer.trainable)
     summary = trainer.run()
     payload = {"name": name, "config": config.to_dict(), "machine": cpu_model(), "trainable": trainable}

@@ -91,7 +91,8 @@ def run_config(path: Path) -> None:
     final = run_dir / "final.safetensors"
     start = time.time()
     if not final.exists():
-        Trainer(config, resume=(run_dir / "latest.pt").exists(), quiet=True).run()
+        resume = (run_dir / "latest.pt").exists()  # no checkpoint yet: a cut-short start is replaced
+        Trainer(config, resume=resume, overwrite=not resume, quiet=True).run()
     seconds = time.time() - start
     title = path.read_text().splitlines()[0].lstrip("# ").split(". Written")[0]
     payload = {
