@@ -74,6 +74,15 @@ def test_eager_choice_is_measured_once_and_cached(monkeypatch, tiny) -> None:
     assert timed == ["torch", "channels_last"]  # the second call read the cache; compile was never timed
 
 
+def test_a_new_dsclora_version_measures_again(monkeypatch, tiny) -> None:
+    """Its paths may compute differently: another release's timings are not reused."""
+    timed = fake_timings(monkeypatch, {"torch": 2.0, "channels_last": 1.0}, None)
+    choose(tiny)
+    monkeypatch.setattr(autotune, "__version__", "999.0")
+    choose(tiny)
+    assert timed == ["torch", "channels_last"] * 2
+
+
 def test_compile_only_when_the_job_repays_it(monkeypatch, tiny) -> None:
     timed = fake_timings(monkeypatch, {"torch": 2.0, "channels_last": 1.0}, (20.0, 0.5))
     # 1000x1000 = 1 Mpix per forward: eager 1.0 s, compiled 0.5 s, so each forward saves 0.5 s.

@@ -12,7 +12,7 @@ from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.errors import DscloraError
 from dsclora.measure.metrics import psnr_y
 from dsclora.models.rounding import bf16_keeping_sums
-from dsclora.models.span import BF16SPAN, FusedSPAN
+from dsclora.models.span import BF16SPAN, FusedSPAN, fused_bf16
 from dsclora.models.span.fused import pixel_shuffle_to_nchw
 from dsclora.models.span.padding import pad_channels
 from dsclora.runtime.autotune import resolve
@@ -95,15 +95,30 @@ def test_channel_padding_is_exact_on_real_images(dscf, multiple: int) -> None:
         assert (runner(x) - dscf.module(x)).abs().max().item() <= 1e-5
 
 
-def test_bf16span_is_fusedspan_when_computed_in_fp32(dscf) -> None:
+@pytest.mark.parametrize("band_rows", [None, 7])
+def test_bf16span_is_fusedspan_when_computed_in_fp32(dscf, monkeypatch, band_rows: int | None) -> None:
     """BF16SPAN's rewrite (bias of c3 after the conv, fp32 residual stream and joined sum, one-copy pixel
-    shuffle) is exact: with fp32 in place of bf16 it equals FusedSPAN on real images."""
+    shuffle, element-wise passes over row bands) is exact: with fp32 in place of bf16 it equals FusedSPAN on
+    real images, in one band and in bands of 7 rows (64 = 9 * 7 + 1: a last band of one row)."""
+    if band_rows:
+        monkeypatch.setattr(fused_bf16, "_BAND", 26 * 80 * band_rows)
     fused = FusedSPAN.from_span(dscf.module)
     work = BF16SPAN(fused, low=torch.float32).eval()
     for index in range(3):
         x = lr_image(index)
         with torch.no_grad():
             assert (work(x) - fused(x)).abs().max().item() <= 1e-5
+
+
+def test_bf16span_row_bands_compute_what_whole_tensors_do(dscf, monkeypatch) -> None:
+    """In bf16 too: the banded passes give bit for bit the output of one whole-tensor band."""
+    work = BF16SPAN.from_fused(FusedSPAN.from_span(dscf.module))
+    x = lr_image(1)
+    with torch.no_grad():
+        monkeypatch.setattr(fused_bf16, "_BAND", 10**9)
+        whole = work(x)
+        monkeypatch.setattr(fused_bf16, "_BAND", 26 * 80 * 7)
+        assert torch.equal(work(x), whole)
 
 
 def test_pixel_shuffle_to_nchw_equals_pixel_shuffle() -> None:

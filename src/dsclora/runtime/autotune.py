@@ -20,10 +20,10 @@ first checked against fp32 on the reference images (``reference.py``: within 0.0
 path outside the bound is never timed, let alone chosen. The fastest remaining path at the job's shape class
 wins; its reason is printed.
 
-Timings are cached per device (CPU model, family, ISA and threads, or GPU name), torch version, network
-identity (weights and code digest), precision, candidate back-ends and shape class (``shape_class``: the
+Timings are cached per device (CPU model, family, ISA and threads, or GPU name), torch and dsclora versions
+(a release may change what a path computes and how fast), network identity (weights and code digest), precision, candidate back-ends and shape class (``shape_class``: the
 speed-up of reduced precision depends on the size, e.g. once the feature maps outgrow the caches); accuracy
-per device, torch version, network, precision and back-end.
+per device, versions, network, precision and back-end.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dsclora.fs import user_cache_dir
 from dsclora.models.descriptor import ModelDescriptor
 from dsclora.runtime.backends import check_combination, make_runner
 from dsclora.runtime.reference import Accuracy, accuracy
+from dsclora.version import __version__
 
 MAX_COMPILED_SHAPES = 8  # torch._dynamo.config.recompile_limit: past it, dynamo falls back to eager
 MIN_JOB_SECONDS = 30.0  # below this, a compile (seconds per shape) cannot pay for itself
@@ -160,7 +161,7 @@ class Timings:
     ) -> None:
         self.model, self.device, self.precision, self.size, self.repeats = described, device, precision, size, repeats
         self.candidates = _candidates(described, device, precision) if backend == "auto" else [(backend, 0)]
-        common = [device_name(device), torch.__version__, described.identity[:16], precision]
+        common = [device_name(device), torch.__version__, f"dsclora {__version__}", described.identity[:16], precision]
         self.key = "|".join([*common, "{}x{}".format(*size)] + [f"{name}/{pad}" for name, pad in self.candidates])
         self.accuracy_key = "|".join([*common, "accuracy"])
         self.cache = _Cache()
