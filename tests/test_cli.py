@@ -20,7 +20,7 @@ from PIL import Image
 from dsclora.cli import build_parser, main
 from dsclora.data.images import to_tensor
 from dsclora.data.imresize import imresize
-from dsclora.fs import sha256_file
+from dsclora.fs import atomic_write, sha256_file
 from dsclora.runtime.reference import MAX_ABS_CHANGE
 from dsclora.weights.load import load
 from dsclora.weights.registry import embedded_weights
@@ -638,6 +638,20 @@ def _disk_fills_up(monkeypatch, kind: str) -> None:
         monkeypatch.setattr(pathlib.Path, "write_bytes", fail(enospc))
 
 
+def test_a_failed_write_removes_the_folders_it_made_and_no_other(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out.png"
+    for kept in (None, tmp_path / "a" / "kept.png"):
+        if kept:
+            kept.parent.mkdir()
+            kept.write_bytes(b"")
+        with pytest.raises(RuntimeError, match="writer failed"), atomic_write(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+        assert not (tmp_path / "a" / "b").exists()
+        assert (tmp_path / "a").exists() == bool(kept)  # a folder holding something else stays
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "kept.png"]
+
+
 @pytest.mark.parametrize("command", ["convert_safetensors", "convert_pth", "export_onnx", "upscale_folder"])
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
     capsys, tmp_path: Path, photo_png: Path, monkeypatch, command: str
@@ -712,7 +726,7 @@ def test_a_network_giving_nan_fails_the_image_with_no_output(capsys, tmp_path: P
     code, _, err = run_cli(capsys, "upscale", str(photo_png), "-o", str(out), "--weights", "bicubic", "--scale", "2")
     assert code == 1 and f"dsclora: error: the network produced NaN/Inf for {photo_png}" in err, err
     assert "RuntimeWarning" not in err
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # nor the folder made for it
 
 
 def test_an_output_name_too_long_is_refused_at_plan_time(capsys, tmp_path: Path, photo_png: Path, no_model) -> None:

@@ -67,11 +67,13 @@ def no_space_error(folder: str | os.PathLike, name: str | None = None) -> NoSpac
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
 
-    A crash or an error leaves no half-written output: either the old file, or none, or the new one. A full
-    disk is reported as ``NoSpaceError`` (one line naming the folder) whatever the writer raised.
+    A crash or an error leaves no half-written output: either the old file, or none, or the new one; folders
+    it made for ``path`` are removed again while empty. A full disk is reported as ``NoSpaceError`` (one line
+    naming the folder) whatever the writer raised.
     """
     path = Path(path)
     tmp_path: Path | None = None
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
@@ -85,6 +87,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except Exception as exc:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()  # first: the free space the check below reads is what remains without it
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (another output landed there), or already gone
+                folder.rmdir()
         full = no_space(exc, _existing_folder(path.parent), path.name)
         if full is not None and full is not exc:
             raise full from None
