@@ -121,12 +121,17 @@ def test_bf16span_row_bands_compute_what_whole_tensors_do(dscf, monkeypatch) -> 
         assert torch.equal(work(x), whole)
 
 
-def test_pixel_shuffle_to_nchw_equals_pixel_shuffle() -> None:
-    y = torch.randn(1, 48, 7, 5)
-    want = torch.nn.functional.pixel_shuffle(y, 4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_pixel_shuffle_to_nchw_equals_pixel_shuffle(scale: int, dtype: torch.dtype) -> None:
+    """Bit for bit, NaN payloads included (the x4 fp32 / x2 and x4 bf16 copies move 8- or 16-byte segments)."""
+    y = torch.randn(2, 3 * scale * scale, 7, 5).to(dtype)
+    y.view(torch.int16 if dtype == torch.bfloat16 else torch.int32)[0, 1, 2, 3] = -1  # a NaN with all payload bits
+    want = torch.nn.functional.pixel_shuffle(y, scale)
     for layout in (torch.contiguous_format, torch.channels_last):
-        got = pixel_shuffle_to_nchw(y.contiguous(memory_format=layout), 4)
-        assert got.is_contiguous() and torch.equal(got, want)
+        got = pixel_shuffle_to_nchw(y.contiguous(memory_format=layout), scale)
+        assert got.is_contiguous() and got.dtype == dtype
+        assert torch.equal(got.view(torch.uint8), want.contiguous().view(torch.uint8))
 
 
 def test_rounding_keeps_kernel_sums() -> None:

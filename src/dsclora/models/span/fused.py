@@ -41,14 +41,30 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
     return conv
 
 
+_SEGMENT_DTYPES = {8: torch.int64, 16: torch.complex128}  # bytes -> a dtype that moves them as one element
+
+
 def pixel_shuffle_to_nchw(y: torch.Tensor, scale: int) -> torch.Tensor:
-    """``F.pixel_shuffle(y, scale)`` as a contiguous NCHW tensor, in one copy when ``y`` is channels-last."""
+    """``F.pixel_shuffle(y, scale)`` as a contiguous NCHW tensor, in one copy when ``y`` is channels-last.
+
+    Channels-last memory is (n, h, w, c) with c = (colour, row offset, column offset): the ``scale`` values of
+    one output row segment are adjacent in ``y``. Where they make 16 or 8 bytes (x4 fp32; x2 fp32, x4 bf16)
+    the copy moves each segment as one complex128 / int64 element (bits untouched), so its inner loop runs
+    along the width instead of over ``scale`` values (a 480x270 x4 fp32 output: 6.3 -> 3.4 ms on 2 threads of
+    an AMD EPYC family 25 model 17, other work running). Not under torch.compile: Inductor fuses the copy
+    itself and has no code generation for complex tensors.
+    """
     n, c, h, w = y.shape
     if c == 1 or not y.is_contiguous(memory_format=torch.channels_last) or y.is_contiguous():
         return F.pixel_shuffle(y, scale).contiguous()
     out_c = c // (scale * scale)
-    # channels-last memory is (n, h, w, c) with c = (colour, row offset, column offset)
-    grid = y.permute(0, 2, 3, 1).reshape(n, h, w, out_c, scale, scale)
+    nhwc = y.permute(0, 2, 3, 1)
+    wide = _SEGMENT_DTYPES.get(scale * y.element_size())
+    if wide is not None and y.storage_offset() % scale == 0 and not torch.compiler.is_compiling():
+        segments = nhwc.view(wide).reshape(n, h, w, out_c, scale)  # (.., colour, row offset): one segment each
+        rows = segments.permute(0, 3, 1, 4, 2).contiguous()  # (n, colour, h, row offset, w)
+        return rows.view(y.dtype).reshape(n, out_c, h * scale, w * scale)
+    grid = nhwc.reshape(n, h, w, out_c, scale, scale)
     return grid.permute(0, 3, 1, 4, 2, 5).reshape(n, out_c, h * scale, w * scale)
 
 
