@@ -36,6 +36,9 @@ forward, mean over ``--ntire-images`` inputs of a DIV2K-valid LR size, 510x339, 
 measures it; the published DSCLoRA figure, 8.37 ms, is from an RTX A6000) and its ratio to eager fp32.
 
     python benchmarks/infer.py [--weights default] [--runs 11] [--device cpu|cuda] [--json FILE]
+
+``--paths`` times only the paths named (with the eager fp32 reference and each one's own back-end in fp32) and
+measures their accuracy, nothing else: more rounds for one question in a few minutes.
 """
 
 from __future__ import annotations
@@ -514,6 +517,33 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _whole_picture(runners: dict, model, args, results: dict) -> None:
+    """What a full run adds: the GPU's NTIRE runtime and memory, or the CPU's tiled-4K memory; tiling costs;
+    the end-to-end upscale (CPU)."""
+    if DEVICE.type == "cuda":
+        results["gemm_fp16_tflops"] = Gemm(sizes=(4096, 8192), dtype=torch.float16).rate() / 1e12
+        results["cuda_peak_untiled_960x540_to_4k_mib"] = cuda_peak_untiled_4k_mib(runners["torch/fp32"])
+        results["ntire_runtime_ms"] = {name: ntire_runtime_ms(runners[name], args.ntire_images) for name in runners}
+        ref_ms = results["ntire_runtime_ms"]["torch/fp32"]
+        results["ntire_speedup_vs_eager_fp32"] = {k: ref_ms / v for k, v in results["ntire_runtime_ms"].items()}
+        results["ntire_runtime_published_ms"] = {"value": 8.37, "gpu": "RTX A6000 (NTIRE 2025 ESR report)"}
+    else:
+        child = subprocess.run(
+            [sys.executable, __file__, "--tiled-4k-child", "--weights", args.weights, "--tile", str(args.tile)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results["tiled_960x540_to_4k"] = {"tile": args.tile, **json.loads(child.stdout.strip().splitlines()[-1])}
+    eager = {n: r for n, r in runners.items() if n.split("/")[0] in ("torch", "channels_last", "onnxruntime")}
+    eager = {n: r for n, r in eager.items() if n.split("/")[1] == "fp32"}
+    results["tiled_vs_untiled_600x400"] = tiling_cost(eager, model.receptive_radius, max(3, args.runs // 3))
+    if DEVICE.type != "cuda":
+        runners.clear()  # the end-to-end runs get the machine to themselves
+        eager.clear()
+        results["end_to_end_upscale"] = end_to_end(args.weights, args.e2e_rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="default", help="weights name or file (default: the shipped model)")
@@ -530,6 +560,11 @@ def main() -> None:
     parser.add_argument("--json", help="output file (default benchmarks/results/infer.json, infer_cuda.json on a GPU)")
     parser.add_argument(
         "--markdown", metavar="JSON", help="print the README's table from a results file, measure nothing"
+    )
+    parser.add_argument(
+        "--paths",
+        help="comma-separated paths (e.g. channels_last/bf16-accurate) to time and check alone, with the eager fp32 "
+        "reference and their back-ends' fp32; no candidates, tiling, 4K or end-to-end figures",
     )
     parser.add_argument("--tiled-4k-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -553,10 +588,15 @@ def main() -> None:
     macs = {label: conv_statistics(model.module, (1, 3, h, w))["macs"] for label, (h, w) in SIZES.items()}
     torch.backends.cuda.matmul.fp32_precision = "ieee"  # the bound is a true fp32 GEMM, never TF32
     gemm = Gemm(sizes=(2048, 4096, 8192) if cuda else CPU_GEMM_SIZES)
-    runners = {
-        path_name(b, p, pad): make_runner(model, b, DEVICE, p, pad) for b, p, pad in (CUDA_PATHS if cuda else PATHS)
-    }
-    if not cuda:
+    paths = {path_name(b, p, pad): (b, p, pad) for b, p, pad in (CUDA_PATHS if cuda else PATHS)}
+    if args.paths:
+        asked = args.paths.split(",")
+        if unknown := [name for name in asked if name not in paths]:
+            sys.exit(f"infer.py: unknown path {unknown[0]!r} (paths: {', '.join(paths)})")
+        keep = {"torch/fp32", *asked, *(own_fp32(name) for name in asked)}
+        paths = {name: path for name, path in paths.items() if name in keep}
+    runners = {name: make_runner(model, b, DEVICE, p, pad) for name, (b, p, pad) in paths.items()}
+    if not cuda and not args.paths:
         runners |= candidates(model)
     results: dict = {
         "machine": device_name(DEVICE),
@@ -573,27 +613,8 @@ def main() -> None:
     results["gemm_gflops"] = statistics.median(all_rates) / 1e9
     results["single_conv_ratio_to_bound"] = conv_width_floor(model.module.config.channels, gemm, args.runs)
     _accuracy(runners, model, args)
-    if cuda:
-        results["gemm_fp16_tflops"] = Gemm(sizes=(4096, 8192), dtype=torch.float16).rate() / 1e12
-        results["cuda_peak_untiled_960x540_to_4k_mib"] = cuda_peak_untiled_4k_mib(runners["torch/fp32"])
-        results["ntire_runtime_ms"] = {name: ntire_runtime_ms(runners[name], args.ntire_images) for name in runners}
-        ref_ms = results["ntire_runtime_ms"]["torch/fp32"]
-        results["ntire_speedup_vs_eager_fp32"] = {k: ref_ms / v for k, v in results["ntire_runtime_ms"].items()}
-        results["ntire_runtime_published_ms"] = {"value": 8.37, "gpu": "RTX A6000 (NTIRE 2025 ESR report)"}
-    else:
-        child = subprocess.run(
-            [sys.executable, __file__, "--tiled-4k-child", "--weights", args.weights, "--tile", str(args.tile)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results["tiled_960x540_to_4k"] = {"tile": args.tile, **json.loads(child.stdout.strip().splitlines()[-1])}
-    eager = {n: r for n, r in runners.items() if n.split("/")[0] in ("torch", "channels_last", "onnxruntime")}
-    eager = {n: r for n, r in eager.items() if n.split("/")[1] == "fp32"}
-    results["tiled_vs_untiled_600x400"] = tiling_cost(eager, model.receptive_radius, max(3, args.runs // 3))
-    if not cuda:
-        del runners, eager  # the end-to-end runs get the machine to themselves
-        results["end_to_end_upscale"] = end_to_end(args.weights, args.e2e_rounds)
+    if not args.paths:
+        _whole_picture(runners, model, args, results)
     results["load_average_1min"]["end"] = os.getloadavg()[0]
     del args.results
     with atomic_write(args.json) as tmp:
