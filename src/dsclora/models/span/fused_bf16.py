@@ -24,7 +24,9 @@ upsampler's input) run over row bands of ``_BAND`` elements (``_row_bands``; a c
 contiguous), so each band's passes stay in a core's cache. Over whole tensors every pass streamed a full
 feature map through memory, and at 960x540 each bf16 -> fp32 conversion allocated a fresh 54 MB buffer (above
 glibc's mmap threshold: page faults on every call): on one Zen 4 (2 threads, ``benchmarks/infer.py``) the bands
-took a 480x270 forward from 225 to 209 ms and a 960x540 one from 1235 to 926 ms (plain bf16: 188 / 870 ms).
+took a 480x270 forward from 225 to 209 ms and a 960x540 one from 1235 to 926 ms (plain bf16: 188 / 870 ms),
+with bands of 2^18 elements. Bands of 2^17 / 2^18 / 2^19 / 2^20 then measured 198 / 192 / 182 / 184 ms at 480x270
+and 927 / 896 / 875 / 901 ms at 960x540 (medians of 7 interleaved rounds): 2^19 (1 MiB of fp32 per thread of two).
 
 ``low=torch.float32`` computes the same function as FusedSPAN (tests check it to 1e-5 on real images): the
 rewrite itself is exact, only the bf16 roundings differ.
@@ -42,7 +44,7 @@ from dsclora.models.rounding import bf16_keeping_sums
 from dsclora.models.span.fused import FusedSPAN, pixel_shuffle_to_nchw
 
 _CL = torch.channels_last
-_BAND = 1 << 18  # elements (1 MiB in fp32): see the module docstring
+_BAND = 1 << 19  # elements (2 MiB in fp32): see the module docstring
 
 
 class _Conv(nn.Module):
