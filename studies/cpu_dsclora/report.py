@@ -302,7 +302,7 @@ def teacher_parts_section(choice: dict[str, dict]) -> list[str]:
 def any_model_section() -> list[str]:
     """studies/any_model: the recipe on four other networks, two teachers each."""
     study = _study_module("any_model")
-    table = study.table()
+    table, verdicts = study.table(), study.verdicts()
     if table.count("\n") < 2:
         return []
     results = {p.stem: json.loads(p.read_text()) for p in (REPO / "studies" / "any_model" / "results").glob("*.json")}
@@ -316,6 +316,7 @@ def any_model_section() -> list[str]:
         "",
         table,
         "",
+        *([*verdicts, ""] if verdicts else []),
         *(
             [
                 f"{table.count(chr(10)) - 1} of the study's {len(study.RUNS)} runs have finished; the others are yet to run.",
