@@ -21,9 +21,10 @@ path outside the bound is never timed, let alone chosen. The fastest remaining p
 wins; its reason is printed.
 
 Timings are cached per device (CPU model, family, ISA and threads, or GPU name), torch and dsclora versions
-(a release may change what a path computes and how fast), network identity (weights and code digest), precision, candidate back-ends and shape class (``shape_class``: the
-speed-up of reduced precision depends on the size, e.g. once the feature maps outgrow the caches); accuracy
-per device, versions, network, precision and back-end.
+(a release may change what a path computes and how fast), network identity (weights and code digest),
+precision, candidate back-ends and shape class (``shape_class``: the speed-up of reduced precision depends on
+the size, e.g. once the feature maps outgrow the caches); accuracy per device, versions, network, precision and
+back-end.
 """
 
 from __future__ import annotations
