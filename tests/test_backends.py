@@ -124,7 +124,7 @@ def test_bf16span_row_bands_compute_what_whole_tensors_do(dscf, monkeypatch) -> 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_pixel_shuffle_to_nchw_equals_pixel_shuffle(scale: int, dtype: torch.dtype) -> None:
-    """Bit for bit, NaN payloads included (the x4 fp32 / x2 and x4 bf16 copies move 8- or 16-byte segments)."""
+    """Bit for bit, NaN payloads included (x4 fp32, x2 fp32 and x4 bf16 move 16- or 8-byte segments)."""
     y = torch.randn(2, 3 * scale * scale, 7, 5).to(dtype)
     y.view(torch.int16 if dtype == torch.bfloat16 else torch.int32)[0, 1, 2, 3] = -1  # a NaN with all payload bits
     want = torch.nn.functional.pixel_shuffle(y, scale)
