@@ -73,7 +73,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp_path: Path | None = None
-    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
+    made = missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
@@ -87,10 +87,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except Exception as exc:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()  # first: the free space the check below reads is what remains without it
-        for folder in made:
-            with contextlib.suppress(OSError):  # not empty (another output landed there), or already gone
-                folder.rmdir()
-        full = no_space(exc, _existing_folder(path.parent), path.name)
+        remove_empty(made)
+        full = no_space(exc, existing_folder(path.parent), path.name)
         if full is not None and full is not exc:
             raise full from None
         raise
@@ -130,7 +128,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _existing_folder(folder: Path) -> Path:
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what a write there creates."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are still empty: what a failed write had created."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty (another output landed there), or already gone
+            folder.rmdir()
+
+
+def existing_folder(folder: Path) -> Path:
     """``folder`` or its nearest ancestor that exists."""
     existing = Path(folder)
     while not existing.exists() and existing != existing.parent:
@@ -165,7 +176,7 @@ def _probe_folder(folder: Path, what: str) -> None:
     """Create and delete a file in ``folder`` (or its nearest existing ancestor): the only test a read-only
     mount, a full ACL or a root-squashed share cannot fool."""
     resolved(folder, what)
-    existing = _existing_folder(folder)
+    existing = existing_folder(folder)
     if not existing.is_dir():
         raise DscloraError(f"{what} {folder}: {existing} is a file, not a folder")
     try:

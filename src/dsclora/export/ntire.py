@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dsclora.errors import DscloraError
-from dsclora.fs import no_space
+from dsclora.fs import existing_folder, missing_folders, no_space, remove_empty
 from dsclora.models.descriptor import ModelDescriptor
 
 TOLERANCE = 1e-4  # max abs difference to our output on a [0, 1] image
@@ -94,7 +94,7 @@ def export_ntire(described: ModelDescriptor, folder: str | Path, team: int, name
     if _shadows(source, name):
         raise DscloraError(f"--name {name!r}: the module already uses that name; choose another")
     folder = Path(folder)
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders this export creates
+    made = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         model = described.runnable().float().cpu().eval()
@@ -111,11 +111,8 @@ def export_ntire(described: ModelDescriptor, folder: str | Path, team: int, name
             for suffix in (".pth", ".py"):
                 os.replace(work / f"{stem}{suffix}", folder / f"{stem}{suffix}")
     except BaseException as exc:  # nothing of a failed export stays: its folders go too, and a full disk says so
-        for made_folder in made:
-            if made_folder.is_dir() and not any(made_folder.iterdir()):
-                made_folder.rmdir()
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        full = no_space(exc, existing, f"{stem}.pth") if isinstance(exc, Exception) else None
+        remove_empty(made)
+        full = no_space(exc, existing_folder(folder), f"{stem}.pth") if isinstance(exc, Exception) else None
         if full is not None:
             raise full from None
         raise
