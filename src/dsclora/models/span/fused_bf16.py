@@ -25,8 +25,9 @@ contiguous), so each band's passes stay in a core's cache. Over whole tensors ev
 feature map through memory, and at 960x540 each bf16 -> fp32 conversion allocated a fresh 54 MB buffer (above
 glibc's mmap threshold: page faults on every call): on one Zen 4 (2 threads, ``benchmarks/infer.py``) the bands
 took a 480x270 forward from 225 to 209 ms and a 960x540 one from 1235 to 926 ms (plain bf16: 188 / 870 ms),
-with bands of 2^18 elements. Bands of 2^17 / 2^18 / 2^19 / 2^20 then measured 198 / 192 / 182 / 184 ms at 480x270
-and 927 / 896 / 875 / 901 ms at 960x540 (medians of 7 interleaved rounds): 2^19 (1 MiB of fp32 per thread of two).
+with bands of 2^18 elements. ``benchmarks/bf16_bands.py`` times 2^17 .. 2^20: on the same machine 2^19 and 2^20
+were within noise of each other and ahead of the smaller bands (480x270: 189 / 199 / 180 / 178 ms; 960x540:
+888 / 847 / 839 / 824 ms): 2^19, 1 MiB of fp32 per thread of two.
 
 ``low=torch.float32`` computes the same function as FusedSPAN (tests check it to 1e-5 on real images): the
 rewrite itself is exact, only the bf16 roundings differ.
