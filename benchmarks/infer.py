@@ -13,6 +13,9 @@ Every figure the README's speed section cites comes from this one command.
 - candidates: ablations of ``bf16-accurate`` (BF16SPAN), each undoing one of its remedies (nearest-rounded
   weights; c3's bias rounded with its output; a bf16 residual stream; the fp32 element-wise passes over whole
   tensors instead of cache-sized row bands), and the generic policy (``torch`` back-end);
+- minor page faults per forward (median over rounds): with glibc's default thresholds each forward faults its
+  feature maps in again; like ``dsclora``, this script raises them first (``devices.keep_freed_memory``;
+  ``--malloc-defaults`` measures without);
 - ratio to bound: median over rounds of latency / (2 · MACs / GEMM rate of the same round). The GEMM rate is
   the best sustained fp32 rate torch reaches here: square sizes 512-4096 are tried first (each product
   repeated for 0.2 s, three passes) and the fastest size is the one timed each round;
@@ -48,6 +51,7 @@ import functools
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,7 +65,7 @@ from PIL import Image
 
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
-from dsclora.devices import device_name
+from dsclora.devices import device_name, keep_freed_memory
 from dsclora.fs import atomic_write
 from dsclora.measure.metrics import psnr_y
 from dsclora.measure.profiling import conv_statistics, peak_memory
@@ -215,18 +219,28 @@ def _time(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(runners: dict, x: torch.Tensor, gemm: Gemm, rounds: int) -> tuple[dict[str, list[float]], list[float]]:
-    """Per-round latencies of every runner and the GEMM rate of each round (all timed in turn)."""
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved(
+    runners: dict, x: torch.Tensor, gemm: Gemm, rounds: int
+) -> tuple[dict[str, list[float]], list[float], dict[str, list[int]]]:
+    """Per-round latencies of every runner, the GEMM rate of each round (all timed in turn) and each runner's
+    minor page faults per forward."""
     for runner in runners.values():
         for _ in range(3):  # compiled paths specialise on the first shapes they see
             runner(x)
     times: dict[str, list[float]] = {name: [] for name in runners}
+    faults: dict[str, list[int]] = {name: [] for name in runners}
     rates = []
     for _ in range(rounds):
         rates.append(gemm.rate())
         for name, runner in runners.items():
+            before = _minor_faults()
             times[name].append(_time(runner, x))
-    return times, rates
+            faults[name].append(_minor_faults() - before)
+    return times, rates, faults
 
 
 def psnr_change(runner, reference, sets: dict[str, int]) -> dict[str, float]:
@@ -390,7 +404,7 @@ def _time_sizes(runners: dict, gemm: Gemm, macs: dict, rounds: int, results: dic
     for label, (h, w) in SIZES.items():
         x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, h, w, device=DEVICE), 9, 1, 4)  # smooth like an image
         load_before = os.getloadavg()[0]
-        times, rates = interleaved(runners, x, gemm, rounds)
+        times, rates, faults = interleaved(runners, x, gemm, rounds)
         results["load_average_1min"]["sizes"][label] = [load_before, os.getloadavg()[0]]
         all_rates += rates
         bounds = [2 * macs[label] / r for r in rates]
@@ -404,6 +418,7 @@ def _time_sizes(runners: dict, gemm: Gemm, macs: dict, rounds: int, results: dic
                 "speedup_vs_backend_fp32": statistics.median(o / v for o, v in zip(own, t, strict=True)),
                 "speedup_vs_best_fp32": statistics.median(b / v for b, v in zip(best_fp32, t, strict=True)),
                 "ratio_to_bound": statistics.median(v / b for v, b in zip(t, bounds, strict=True)),
+                "minor_faults_per_forward": statistics.median(faults[name]),
             }
         results.setdefault("bound_ms", {})[label] = statistics.median(bounds) * 1e3
     return all_rates
@@ -529,7 +544,8 @@ def _whole_picture(runners: dict, model, args, results: dict) -> None:
         results["ntire_runtime_published_ms"] = {"value": 8.37, "gpu": "RTX A6000 (NTIRE 2025 ESR report)"}
     else:
         child = subprocess.run(
-            [sys.executable, __file__, "--tiled-4k-child", "--weights", args.weights, "--tile", str(args.tile)],
+            [sys.executable, __file__, "--tiled-4k-child", "--weights", args.weights, "--tile", str(args.tile)]
+            + ["--malloc-defaults"] * args.malloc_defaults,
             capture_output=True,
             text=True,
             check=True,
@@ -566,12 +582,19 @@ def main() -> None:
         help="comma-separated paths (e.g. channels_last/bf16-accurate) to time and check alone, with the eager fp32 "
         "reference and their back-ends' fp32; no candidates, tiling, 4K or end-to-end figures",
     )
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="time with glibc's malloc thresholds as they are (the command line raises them: "
+        "devices.keep_freed_memory); the end-to-end runs are the command line's either way",
+    )
     parser.add_argument("--tiled-4k-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.markdown:
         print(markdown_table(json.loads(Path(args.markdown).read_text())))
         return
     os.environ.setdefault("DSCLORA_WEIGHTS_DIR", str(SHARED / "weights"))
+    kept = False if args.malloc_defaults else keep_freed_memory()  # as ``dsclora`` runs
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.tiled_4k_child:
@@ -605,6 +628,7 @@ def main() -> None:
         "weights": model.label,
         "gemm_size": gemm.size,
         "rounds": args.runs,
+        "kept_freed_memory": kept,
         "load_average_1min": {"start": os.getloadavg()[0], "sizes": {}},
         "paths": {},
     }

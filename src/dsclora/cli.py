@@ -479,7 +479,9 @@ def _run(argv: Sequence[str] | None) -> int:
         return int(stop.code or 0)
     try:
         from dsclora import commands
+        from dsclora.devices import keep_freed_memory
 
+        keep_freed_memory()  # this process runs the job: its feature maps stay mapped between forwards
         return int(getattr(commands, args.func)(args) or 0)
     except DscloraError as exc:
         print(f"dsclora: error: {exc}", file=sys.stderr)

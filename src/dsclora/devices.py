@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -11,6 +12,10 @@ import torch
 from dsclora.errors import DscloraError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+_TRIM_THRESHOLD = 1 << 30
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,3 +114,27 @@ def _address_space_left(status: Path = Path("/proc/self/status")) -> int | None:
     except (ImportError, OSError, ValueError, IndexError):
         pass
     return None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the feature maps a forward frees for the next one instead of returning them.
+
+    By default glibc serves blocks above its mmap threshold (128 KiB, raised at most to the largest block freed
+    so far) with fresh mmaps and trims the heap's free top back to the OS, so every forward page-faults its
+    feature maps in again (``benchmarks/infer.py`` counts the faults per forward of every path). Raising the
+    mmap threshold to its ceiling (32 MiB) and the trim threshold to 1 GiB keeps those pages mapped. Only the
+    process that runs the job should call this (the command line does): memory it frees then stays with it
+    until it exits. A user's own thresholds (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``GLIBC_TUNABLES``) win, and a C library without ``mallopt`` is left alone. Returns whether it changed
+    anything.
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    own = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ) or "threshold" in tunables
+    if platform.system() != "Linux" or own:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
