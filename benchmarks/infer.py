@@ -277,7 +277,7 @@ def conv_width_floor(channels: int, gemm: Gemm, rounds: int, size: int = 256) ->
         w = torch.rand(c, c, 3, 3, device=DEVICE).contiguous(memory_format=torch.channels_last)
         convs[name] = functools.partial(_conv_ignoring_input, x, w)
     with torch.inference_mode():
-        times, rates = interleaved(convs, torch.empty(0), gemm, rounds)
+        times, rates, _ = interleaved(convs, torch.empty(0), gemm, rounds)
     return {
         f"C{name}": statistics.median(
             t / (2 * c * c * 9 * size * size / r) for t, r in zip(times[name], rates, strict=True)
