@@ -7,8 +7,10 @@
    out), once with every crop run alone and once cut from the whole-image output. Equal changes: the crop
    context is not what the student got wrong.
 2. Distance to the teacher. Mean |SR - teacher SR| (grey levels) of the base and of the student to the teacher the
-   run learned from, over the first 12 held-out images: whether training moved the student towards its teacher
-   at all.
+   run learned from, over the first 12 held-out images and the first 12 BSD200 training images of the split:
+   whether training moved the student towards its teacher at all.
+3. bf16 noise. Mean |SR under bf16 autocast - SR in fp32| of the base on the same 12 held-out images: how much of
+   the base-to-teacher distance a bf16 training forward can resolve at all.
 
     python studies/any_model/diagnose.py [NAME ...]   # default: every finished run; results/diagnose.json
 """
@@ -38,10 +40,11 @@ CROP, MARGIN = 48, 8  # the training patch; LR pixels left out at each crop edge
 TEACHER_IMAGES = 12
 
 
-def held_out(scale: int) -> list[tuple[np.ndarray, torch.Tensor]]:
-    """(HR cropped to a multiple of the scale, its MATLAB-bicubic uint8 LR as a tensor) per held-out image."""
+def split_images(part: str, scale: int, limit: int | None = None) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """(HR cropped to a multiple of the scale, its MATLAB-bicubic uint8 LR as a tensor) per image of one part of
+    the split (``val``: held out; ``train_bsd``: trained on)."""
     pairs = []
-    for path in sorted((REPO / "runs" / "teacher_choice" / "split" / "val").iterdir()):
+    for path in sorted((REPO / "runs" / "teacher_choice" / "split" / part).iterdir())[:limit]:
         hr = read_uint8_rgb(path)
         hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
         lr = imresize(hr.astype(np.float64) / 255, 1 / scale)
@@ -71,8 +74,19 @@ def crop_regimes(net, pairs, scale: int) -> dict[str, float]:
     return {k: 10 * float(np.log10(255**2 / np.mean(v))) for k, v in errors.items()}
 
 
-def distance(net, teacher, pairs) -> float:
-    return float(np.mean([(net(x) - teacher(x)).abs().mean().item() * 255 for _, x in pairs[:TEACHER_IMAGES]]))
+def distance(net, other, pairs) -> float:
+    """Mean |net SR - other SR| in grey levels."""
+    return float(np.mean([(net(x) - other(x)).abs().mean().item() * 255 for _, x in pairs]))
+
+
+def bf16_noise(net, pairs) -> float:
+    """Mean |SR under bf16 autocast - SR in fp32| in grey levels."""
+
+    def autocast(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", torch.bfloat16):
+            return net(x).float()
+
+    return distance(net, autocast, pairs)
 
 
 def diagnose(name: str, run: dict) -> dict:
@@ -83,17 +97,55 @@ def diagnose(name: str, run: dict) -> dict:
     teacher_spec = config["model"]["teacher"]
     ensemble = config["loss"]["teacher_ensemble"]
     teacher = SelfEnsemble(load(teacher_spec).runnable() if teacher_spec else base, ensemble)
-    pairs = held_out(scale)
+    pairs = split_images("val", scale)
+    few = {"held_out": pairs[:TEACHER_IMAGES], "train": split_images("train_bsd", scale, TEACHER_IMAGES)}
     with torch.inference_mode():
         regimes = {"base": crop_regimes(base, pairs, scale), "student": crop_regimes(student, pairs, scale)}
-        far = {"base": distance(base, teacher, pairs), "student": distance(student, teacher, pairs)}
+        far = {
+            f"{who}_{part}": distance(net, teacher, few[part])
+            for who, net in (("base", base), ("student", student))
+            for part in few
+        }
+        noise = bf16_noise(base, few["held_out"])
     change = {k: regimes["student"][k] - regimes["base"][k] for k in ("crop", "whole")}
     print(
         f"{name}: student - base on crop centres, crops alone {change['crop']:+.4f} dB, cut from whole images "
-        f"{change['whole']:+.4f} dB; |SR - teacher| base {far['base']:.3f}, student {far['student']:.3f} grey levels",
+        f"{change['whole']:+.4f} dB; |SR - teacher| held out {far['base_held_out']:.3f} -> "
+        f"{far['student_held_out']:.3f}, trained on {far['base_train']:.3f} -> {far['student_train']:.3f}; "
+        f"base bf16 noise {noise:.3f} grey levels",
         flush=True,
     )
-    return {"crop_psnr_y": regimes, "change_db": change, "l1_to_teacher_grey_levels": far}
+    return {"crop_psnr_y": regimes, "change_db": change, "l1_to_teacher_grey_levels": far, "base_bf16_noise": noise}
+
+
+def summary() -> list[str]:
+    """docs/results.md's lines on the measurements, if they have been made."""
+    path = HERE / "results" / "diagnose.json"
+    if not path.is_file():
+        return []
+    found = json.loads(path.read_text())
+    rows = []
+    for name, r in found["runs"].items():
+        far = r["l1_to_teacher_grey_levels"]
+        rows.append(
+            f"| {name} | {r['change_db']['crop']:+.4f} | {r['change_db']['whole']:+.4f} "
+            f"| {far['base_held_out']:.3f} -> {far['student_held_out']:.3f} "
+            f"| {far['base_train']:.3f} -> {far['student_train']:.3f} | {r['base_bf16_noise']:.3f} |"
+        )
+    return [
+        "Why the students lose (`studies/any_model/diagnose.py`, held-out images, "
+        f"{found['machine']}): the change over the base on the centres of 48x48 crops, each crop run alone and cut "
+        "from the whole-image output (equal: crop context, which training sees and inference does not, is not "
+        "what the student got wrong), how far training moved the SR towards the teacher's (mean absolute "
+        "difference, grey levels, on held-out and on training images) and how far the base's bf16-autocast forward "
+        "is from its fp32 one (the noise a bf16 training step sees).",
+        "",
+        "| run | crop centres, crops alone | crop centres, whole image | SR - teacher, held out: base -> student "
+        "| SR - teacher, trained on | base bf16 - fp32 |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def main() -> None:

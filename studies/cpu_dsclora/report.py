@@ -245,12 +245,12 @@ def choice_section(choice: dict[str, dict]) -> list[str]:
     ]
 
 
-def _study_module(name: str):
-    """Another study's run.py, imported by path (its rules and tables live there, once)."""
+def _study_module(name: str, script: str = "run.py"):
+    """Another study's script, imported by path (its rules and tables live there, once)."""
     import importlib.util
 
-    path = REPO / "studies" / name / "run.py"
-    spec = importlib.util.spec_from_file_location(f"study_{name}", path)
+    path = REPO / "studies" / name / script
+    spec = importlib.util.spec_from_file_location(f"study_{name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -310,14 +310,15 @@ def any_model_section() -> list[str]:
         "## Any network: the recipe on SPANV2, SAFMNv3, RLFN and RLFN-S x2 (`studies/any_model/`)",
         "",
         "ConvLoRA rank 8 on every conv but the head, L1 to a cached teacher (its own x8 self-ensemble, or HAESR for the",
-        "x4 bases), 1500 bf16 steps at lr 5e-4 (part 2, after part 1 missed the bar everywhere: 1e-4), merged back into",
-        "each network's own architecture; rules and budget in the study's docstring, each part's written before its",
-        "runs. The held-out gain decides; the benchmark sets are only reported (change over the base network).",
+        "x4 bases), 1500 steps under bf16 autocast (part 2, after part 1 missed the bar everywhere: in fp32), merged back",
+        "into each network's own architecture; rules and budget in the study's docstring, each part's written before",
+        "its runs. The held-out gain decides; the benchmark sets are only reported (change over the base network).",
         f"Measured on {machines(results)}.",
         "",
         table,
         "",
         *([*verdicts, ""] if verdicts else []),
+        *_study_module("any_model", "diagnose.py").summary(),
         *(
             [
                 f"{table.count(chr(10)) - 1} of the study's {len(study.RUNS)} runs have finished; the others are yet to run.",
