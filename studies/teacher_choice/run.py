@@ -164,6 +164,12 @@ def apply(config: dict, changes: dict) -> dict:
     return config
 
 
+def _pending(names: list[str]) -> str:
+    """What a rule decided on partial results says: the candidates still to run (t_haesr_x8 is optional)."""
+    waiting = [n for n in names if not result(n)]
+    return f" so far ({', '.join(waiting)} yet to run)" if waiting else ""
+
+
 def rule_t() -> tuple[str, str]:
     """(run name, why) of part 2's teacher by rule T; every candidate that ran counts."""
     done = {n: gain(n) for n in TEACHERS if result(n)}
@@ -171,7 +177,7 @@ def rule_t() -> tuple[str, str]:
     close = [n for n, g in done.items() if g >= best - TIE_DB]
     chosen = min(close, key=lambda n: (TEACHERS[n][2], -done[n]))
     gains = ", ".join(f"{n} {g:+.4f}" for n, g in done.items())
-    return chosen, f"rule T over {gains} dB: {chosen}"
+    return chosen, f"rule T over {gains} dB: {chosen}" + _pending([n for n in TEACHERS if n != "t_haesr_x8"])
 
 
 def rule_c() -> tuple[str, str]:
@@ -182,7 +188,7 @@ def rule_c() -> tuple[str, str]:
     best = max(g for g, _ in done.values())
     chosen = min((n for n, (g, _) in done.items() if g >= best - TIE_DB), key=lambda n: done[n][1])
     gains = ", ".join(f"{n} {g:+.4f} ({p:,} trainable)" for n, (g, p) in done.items())
-    return chosen, f"rule C over {gains} dB: {chosen}"
+    return chosen, f"rule C over {gains} dB: {chosen}" + _pending(list(CAPACITY))
 
 
 def rule_l() -> tuple[int, str]:
