@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -133,12 +134,15 @@ def summary() -> list[str]:
             f"| {far['base_train']:.3f} -> {far['student_train']:.3f} | {r['base_bf16_noise']:.3f} |"
         )
     return [
-        "Why the students lose (`studies/any_model/diagnose.py`, held-out images, "
-        f"{found['machine']}): the change over the base on the centres of 48x48 crops, each crop run alone and cut "
-        "from the whole-image output (equal: crop context, which training sees and inference does not, is not "
-        "what the student got wrong), how far training moved the SR towards the teacher's (mean absolute "
-        "difference, grey levels, on held-out and on training images) and how far the base's bf16-autocast forward "
-        "is from its fp32 one (the noise a bf16 training step sees).",
+        *textwrap.wrap(
+            "Why the students lose (`studies/any_model/diagnose.py`, held-out images, "
+            f"{found['machine']}): the change over the base on the centres of 48x48 crops, each crop run alone and cut "
+            "from the whole-image output (equal: crop context, which training sees and inference does not, is not "
+            "what the student got wrong), how far training moved the SR towards the teacher's (mean absolute "
+            "difference, grey levels, on held-out and on training images) and how far the base's bf16-autocast forward "
+            "is from its fp32 one (the noise a bf16 training step sees).",
+            width=115,
+        ),
         "",
         "| run | crop centres, crops alone | crop centres, whole image | SR - teacher, held out: base -> student "
         "| SR - teacher, trained on | base bf16 - fp32 |",

@@ -21,9 +21,10 @@ Rule: each base's teacher is the one whose student gains more on the held-out im
 
 Part 2, written after part 1's seven runs and before any of its own: no base met the bar, and SAFMNv3, RLFN and
 RLFN-S x2 lost with every teacher although every teacher is above its student. ``diagnose.py`` then found that
-the bases' bf16-autocast forward is 0.27-0.32 grey levels (mean absolute) from their fp32 forward (SPANV2, RLFN,
-RLFN-S x2; SAFMNv3 0.08), as large as the distance between base and teacher that training is meant to close
-(0.35-0.86), and RLFN-S x2's student ended further from its teacher than its base, on training images too. One
+the bases' bf16-autocast forward is 0.36-0.44 grey levels (mean absolute) from their fp32 forward (SPANV2, RLFN,
+RLFN-S x2; SAFMNv3 0.15), as large as the distance between base and own-x8 teacher that training is meant to
+close (0.41-0.86), and RLFN-S x2's student ended further from its teacher than its base, on training images too
+(0.348 -> 0.455 grey levels). One
 change to the recipe: training in fp32 (``optim.amp: none``) instead of under bf16 autocast. (A first version of
 this part, changing the learning rate instead, was replaced before any of its runs.) Runs (``<run>_fp32``): the
 x4 bases with HAESR, the teacher with the most headroom, and RLFN-S x2 with its own x8: 4 runs, about 3 hours
