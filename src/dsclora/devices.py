@@ -1,4 +1,5 @@
-"""``--device``: a name (or ``auto``) to a ``torch.device`` that exists on this machine, and what it has."""
+"""``--device``: a name (or ``auto``) to a ``torch.device`` that exists on this machine, what it has, and how
+this process keeps the memory its forwards free (``keep_freed_memory``)."""
 
 from __future__ import annotations
 

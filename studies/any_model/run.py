@@ -20,15 +20,15 @@ Rule: each base's teacher is the one whose student gains more on the held-out im
 +0.03 dB there, no loss on any benchmark set, parameters and MACs unchanged; reported whether met or not).
 
 Part 2, written after part 1's seven runs and before any of its own: no base met the bar, and SAFMNv3, RLFN and
-RLFN-S x2 lost with every teacher although every teacher is above its student. ``diagnose.py`` then found that
-the bases' bf16-autocast forward is 0.36-0.44 grey levels (mean absolute) from their fp32 forward (SPANV2, RLFN,
-RLFN-S x2; SAFMNv3 0.15), as large as the distance between base and own-x8 teacher that training is meant to
-close (0.41-0.86), and RLFN-S x2's student ended further from its teacher than its base, on training images too
-(0.348 -> 0.455 grey levels). One
-change to the recipe: training in fp32 (``optim.amp: none``) instead of under bf16 autocast. (A first version of
-this part, changing the learning rate instead, was replaced before any of its runs.) Runs (``<run>_fp32``): the
-x4 bases with HAESR, the teacher with the most headroom, and RLFN-S x2 with its own x8: 4 runs, about 3 hours
-here. Rule: a base's verdict is taken on its run, of either part, whose student gains most on the held-out images.
+RLFN-S x2 lost with every teacher although every teacher is above its student. ``diagnose.py`` then found that the
+bases' bf16-autocast forward is 0.36-0.44 grey levels (mean absolute) from their fp32 forward (SPANV2, RLFN, RLFN-S
+x2; SAFMNv3 0.15), as large as the distance between base and own-x8 teacher that training is meant to close
+(0.41-0.86), and RLFN-S x2's student ended further from its teacher than its base, on training images too (0.348 ->
+0.455 grey levels). One change to the recipe: training in fp32 (``optim.amp: none``) instead of under bf16
+autocast. (A first version of this part, changing the learning rate instead, was replaced before any of its runs.)
+Runs (``<run>_fp32``): the x4 bases with HAESR, the teacher with the most headroom, and RLFN-S x2 with its own x8:
+4 runs, about 3 hours here. Rule: a base's verdict is taken on its run, of either part, whose student gains most on
+the held-out images.
 
     python studies/any_model/run.py [NAME ...]   # references, then runs (default all); results/*.json; resumable
     python studies/any_model/run.py --table      # the results as the markdown table docs/results.md carries
