@@ -199,6 +199,7 @@ kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 def resident() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+torch.ones(1 << 18).sum()  # the allocator's and thread pool's own first allocations, before counting
 before = resident()
 block = torch.ones(30 << 18)  # 30 MiB, every page touched: a feature map's worth
 del block
@@ -222,6 +223,6 @@ def test_keep_freed_memory_keeps_a_freed_feature_map_for_the_next_forward() -> N
     threshold wins."""
     _, returned = _mib_kept_after_free("default")
     kept, mib = _mib_kept_after_free("keep")
-    assert returned <= 4 and kept == "True" and 28 <= mib <= 34, (returned, mib)
+    assert kept == "True" and 26 <= mib - returned <= 32, (returned, mib)  # the block, give or take a few pages
     assert _mib_kept_after_free("keep", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"
     assert _mib_kept_after_free("keep", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536")[0] == "False"
