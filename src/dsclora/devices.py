@@ -129,9 +129,8 @@ def keep_freed_memory() -> bool:
     ``GLIBC_TUNABLES``) win, and a C library without ``mallopt`` is left alone. Returns whether it changed
     anything.
     """
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    own = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ) or "threshold" in tunables
-    if platform.system() != "Linux" or own:
+    users_own = any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))
+    if platform.system() != "Linux" or users_own or "threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
