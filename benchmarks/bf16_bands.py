@@ -1,5 +1,5 @@
 """BF16SPAN's band size: a 480x270 and a 960x540 forward of the shipped model with the fp32 element-wise passes
-over row bands of 2^17 .. 2^20 elements (``models/span/fused_bf16.py``'s ``_BAND``), beside channels_last fp32,
+over row bands of 2^15 .. 2^20 elements (``models/span/fused_bf16.py``'s ``_BAND``), beside channels_last fp32,
 medians of interleaved rounds; writes benchmarks/results/bf16_bands.json.
 
     python benchmarks/bf16_bands.py [--rounds 7] [--threads 2]
@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from dsclora.devices import device_name
+from dsclora.devices import device_name, keep_freed_memory
 from dsclora.fs import atomic_write
 from dsclora.models.span import BF16SPAN, FusedSPAN, fused_bf16
 from dsclora.weights.load import load
 
-BANDS = (1 << 17, 1 << 18, 1 << 19, 1 << 20)
+BANDS = (1 << 15, 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20)
 SIZES = {"480x270": (270, 480), "960x540": (540, 960)}
 
 
@@ -30,11 +30,17 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/bf16_bands.json", help="output file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as the command line does: freed feature maps stay mapped
     model = load("default")
     accurate = BF16SPAN.from_fused(FusedSPAN.from_span(model.module))
     fp32 = FusedSPAN.from_span(model.module).eval().to(memory_format=torch.channels_last)
     default = fused_bf16._BAND
-    out: dict = {"machine": device_name(torch.device("cpu")), "threads": args.threads, "rounds": args.rounds}
+    out: dict = {
+        "machine": device_name(torch.device("cpu")),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "kept_freed_memory": kept,
+    }
     for label, (h, w) in SIZES.items():
         x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, h, w), 9, 1, 4).contiguous(
             memory_format=torch.channels_last

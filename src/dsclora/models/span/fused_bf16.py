@@ -27,7 +27,10 @@ glibc's mmap threshold: page faults on every call): on one Zen 4 (2 threads, ``b
 took a 480x270 forward from 225 to 209 ms and a 960x540 one from 1235 to 926 ms (plain bf16: 188 / 870 ms),
 with bands of 2^18 elements. ``benchmarks/bf16_bands.py`` times 2^17 .. 2^20: on the same machine 2^19 and 2^20
 were within noise of each other and ahead of the smaller bands (480x270: 189 / 199 / 180 / 178 ms; 960x540:
-888 / 847 / 839 / 824 ms): 2^19, 1 MiB of fp32 per thread of two.
+888 / 847 / 839 / 824 ms): 2^19, 1 MiB of fp32 per thread of two. Re-timed once freed memory was kept
+(``devices.keep_freed_memory``, as the command line runs), with 2^15 and 2^16 added: 2^19 was again the fastest
+at 480x270 (188 ms; 195-252 ms for the others) and within 7 % of the best at 960x540 (2^20: 743, 2^19: 792 ms;
+fp32 1815 ms, a slower day on the same CPU model), so it stays.
 
 ``low=torch.float32`` computes the same function as FusedSPAN (tests check it to 1e-5 on real images): the
 rewrite itself is exact, only the bf16 roundings differ.
