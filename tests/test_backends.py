@@ -11,11 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dsclora.data.benchmark import find_pairs, load_pair
 from dsclora.data.images import to_array, to_tensor, to_uint8
 from dsclora.errors import DscloraError
 from dsclora.measure.metrics import psnr_y
+from dsclora.models.descriptor import ModelDescriptor
 from dsclora.models.rounding import bf16_keeping_sums
 from dsclora.models.span import BF16SPAN, FusedSPAN, fused_bf16
 from dsclora.models.span.fused import pixel_shuffle_to_nchw
@@ -174,6 +176,35 @@ def test_generic_bf16_accurate_keeps_the_first_and_last_conv_in_fp32() -> None:
     with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
         out = work(x)
     assert out.dtype == torch.float32 and (out - net(x)).abs().max().item() < 0.05
+
+
+class _Depthwise(torch.nn.Module):
+    """x2 toy: conv, depthwise 1x31 conv, conv, pixel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Conv2d(3, 12, 3, padding=1)
+        self.middle = torch.nn.Conv2d(12, 12, (1, 31), padding=(0, 15), groups=12)
+        self.body = torch.nn.Conv2d(12, 12, 1)
+        self.tail = torch.nn.Conv2d(12, 12, 3, padding=1)  # registered last: bf16-accurate's fp32 output side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.tail(self.body(self.middle(self.head(x)))), 2)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-accurate"])
+def test_generic_bf16_policies_keep_grouped_convs_in_fp32_on_cpu(precision: str) -> None:
+    """oneDNN's bf16 kernel for some depthwise convs stalls on a CPU (the module docstring): both generic bf16
+    policies run every grouped conv in fp32 there, and only those (plus bf16-accurate's first and last)."""
+    toy = ModelDescriptor(_Depthwise().eval(), "toy", 2, "toy", {}, "toy")
+    made: dict[str, torch.dtype] = {}
+    for name in ("middle", "body"):
+        toy.module.get_submodule(name).register_forward_hook(
+            lambda module, inputs, out, name=name: made.__setitem__(name, out.dtype)
+        )
+    runner = make_runner(toy, "channels_last", torch.device("cpu"), precision)  # copies keep the hooks
+    out = runner(torch.rand(1, 3, 16, 16))  # small: in bf16 this conv stalls at 32x32
+    assert made == {"middle": torch.float32, "body": torch.bfloat16} and out.shape == (1, 3, 32, 32)
 
 
 def test_reference_check_tells_bf16_from_bf16_accurate() -> None:

@@ -18,7 +18,10 @@ module) and otherwise a generic policy for any network: the input- and output-si
 the first and last conv) stay fp32, the others run in bf16 under autocast with kernel-sum-keeping weights
 (``models.rounding``) and hand fp32 on, so every element-wise op stays fp32. ``benchmarks/infer.py`` measures
 both against fp32 (speed, Y-PSNR on Set5 and B100); ``--precision auto`` (``autotune``) checks them on reference
-images before it may choose them.
+images before it may choose them. On a CPU both generic policies keep grouped (e.g. depthwise) convs in fp32:
+oneDNN's bf16 kernel for some of them stalls (torch 2.13 on an AMD Zen 4: HAESR's 1x31 depthwise conv, 12
+channels, on a 32x32 channels-last input did not finish within 10 s in bf16, where fp32 took milliseconds; the
+same conv on 24x24 took 2 ms), and a depthwise conv, memory-bound, gains little from bf16 anyway.
 
 On a GPU, fp32 means IEEE fp32 convs (cuDNN's TF32 default is switched off around each call); fp16 / bf16 are
 autocast; ``cudnn.benchmark`` picks the fastest conv algorithm per shape; ``compile`` uses
@@ -79,15 +82,29 @@ class _Float32Output(nn.Module):
         return self.conv(x).float()
 
 
+def _grouped_convs(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d) and module.groups > 1]
+
+
+def grouped_convs_in_fp32(model: nn.Module) -> nn.Module:
+    """``model`` (changed in place) with its grouped convs run in fp32 under autocast: the CPU's generic plain
+    bf16 policy (see the module docstring)."""
+    for name in _grouped_convs(model):
+        replace_module(model, name, _Float32(model.get_submodule(name)))
+    return model
+
+
 @torch.no_grad()
-def accurate_bf16_copy(model: nn.Module, fp32_layers: tuple[str, ...] = ()) -> nn.Module:
+def accurate_bf16_copy(model: nn.Module, fp32_layers: tuple[str, ...] = (), cpu: bool = False) -> nn.Module:
     """A copy for the generic ``bf16-accurate`` policy (any network): convs named by ``fp32_layers`` (the
     architecture's input- and output-side layers, e.g. SPAN's that read the x255 input or write the output; where
-    it names none, the first and last conv in module order) stay fp32; the others run in bf16 under autocast with
-    weights rounded keeping kernel sums (``models.rounding``) and hand fp32 to what follows."""
+    it names none, the first and last conv in module order) and, on a CPU, grouped convs stay fp32; the others
+    run in bf16 under autocast with weights rounded keeping kernel sums (``models.rounding``) and hand fp32 to
+    what follows."""
     work = copy.deepcopy(model)
     convs = [name for name, module in work.named_modules() if isinstance(module, nn.Conv2d)]
     keep = [n for n in convs if n.startswith(fp32_layers)] if fp32_layers else convs[:1] + convs[-1:]
+    keep += _grouped_convs(work) if cpu else []
     for name in convs:
         conv = work.get_submodule(name)
         if name not in keep and conv.weight.dtype == torch.float32:
@@ -215,8 +232,11 @@ def make_runner(
     autocast = _autocast_dtype(precision)
     if precision == "bf16-accurate":
         own = hooks.accurate_bf16_form if fast and device.type == "cpu" else None
-        work = own(work) if own is not None else accurate_bf16_copy(work, hooks.fp32_layers)
+        cpu = device.type == "cpu"
+        work = own(work) if own is not None else accurate_bf16_copy(work, hooks.fp32_layers, cpu)
         autocast = None if own is not None else autocast  # the architecture's own form sets its dtypes itself
+    elif precision == "bf16" and device.type == "cpu":
+        work = grouped_convs_in_fp32(work)
     if backend == "onnxruntime":
         return _onnxruntime_runner(described, work, device, precision)
     work = described.runnable(work)
