@@ -49,6 +49,22 @@ def choose(model: ModelDescriptor, shapes=None) -> autotune.Choice:
     return autotune.resolve(model, "auto", torch.device("cpu"), "fp32", shapes)
 
 
+@pytest.mark.parametrize(("call_seconds", "calls"), [(0.5, 1 + 3), (3.0, 1 + 1)])
+def test_a_slow_path_is_timed_with_one_repeat(monkeypatch, call_seconds: float, calls: int) -> None:
+    """A path whose first call is slow is timed once more, not ``repeats`` times (a clock that the fake
+    runner advances: no real timing)."""
+    clock = [0.0]
+    made: list[int] = []
+
+    def runner(x: torch.Tensor) -> None:
+        made.append(1)
+        clock[0] += call_seconds
+
+    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock[0])
+    first, steady = autotune._timed(runner, torch.zeros(1), torch.device("cpu"), repeats=3)
+    assert len(made) == calls and first == steady == call_seconds
+
+
 def test_a_path_that_refuses_the_network_is_skipped_and_remembered(monkeypatch, tiny) -> None:
     """ONNX Runtime refuses a network whose padding a trace would freeze: auto takes the next fastest path, and
     the refusal is cached like a timing (not tried again)."""

@@ -1,9 +1,12 @@
-"""Exact tiling: window geometry worked by hand, tiled output equal to untiled on a real image."""
+"""Exact tiling: window geometry worked by hand, tiled output equal to untiled on a real image; the tensor peak
+that sizes tiles, worked by hand."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from dsclora.measure.profiling import forward_peak_bytes
 from dsclora.runtime.tiling import TiledUpscaler, tile_windows
 from dsclora.weights.load import load
 from support import lr_photos
@@ -52,3 +55,23 @@ def test_forward_shapes_counts_windows() -> None:
     tiled = TiledUpscaler(lambda x: x, 1, tile=32, overlap=4)
     assert tiled.forward_shapes([(100, 50), (30, 30), (100, 50)]) == {(40, 40): 16, (30, 30): 1}
     assert TiledUpscaler(lambda x: x, 1, overlap=4).forward_shapes([(100, 50)]) == {(100, 50): 1}
+
+
+class _Reshaped(nn.Module):
+    """conv -> a view -> a permuted view: three tensors, one storage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).view(1, 5, -1).permute(0, 2, 1)
+
+
+def test_forward_peak_bytes_counts_what_is_alive_at_once() -> None:
+    # worked by hand, fp32, 16x16: c1's 16-channel output and c2's 2-channel one are alive together while c2
+    # runs; c1's is freed before c3 runs (2 + 2 channels); the input and the weights never count
+    chain = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 2, 1), nn.Conv2d(2, 2, 3, padding=1))
+    assert forward_peak_bytes(chain, (1, 3, 16, 16)) == (16 + 2) * 256 * 4
+    assert forward_peak_bytes(chain, (2, 3, 16, 16)) == 2 * (16 + 2) * 256 * 4
+    assert forward_peak_bytes(_Reshaped(), (1, 3, 8, 8)) == 5 * 64 * 4  # views share their storage

@@ -59,14 +59,14 @@ def _tile_overlap(args: argparse.Namespace, loaded) -> int:
 
 
 def _bytes_per_pixel(loaded) -> float:
-    """Estimated peak memory of one untiled forward per LR pixel, from the network's conv activations per pixel
-    (one forward of a small probe)."""
-    from dsclora.measure.profiling import conv_statistics
+    """Estimated peak memory of one untiled forward per LR pixel, from the tensors one forward of a small probe
+    holds at once."""
+    from dsclora.measure.profiling import forward_peak_bytes
     from dsclora.runtime.upscale import forward_bytes_per_pixel
 
     side = max(64 // loaded.size_multiple, 1) * loaded.size_multiple
-    activations = conv_statistics(loaded.runnable(), (1, loaded.in_channels, side, side))["activations"]
-    return forward_bytes_per_pixel(activations / side**2, loaded.scale)
+    tracked = forward_peak_bytes(loaded.runnable(), (1, loaded.in_channels, side, side))
+    return forward_bytes_per_pixel(tracked, side * side)
 
 
 def _runner(args: argparse.Namespace, loaded, device, shapes: dict, extra: str = ""):

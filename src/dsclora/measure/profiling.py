@@ -5,6 +5,8 @@
   count halved (it counts a multiply-add as 2 FLOPs): convolutions (``out_numel · in/groups · k²``) and matrix
   products, attention's included; bias, activations, pixel shuffle and other element-wise ops are not counted;
 - activations: sum of conv output numels; convs: number of conv calls in one forward;
+- tensor peak: the most bytes of tensors one forward holds at once, tracked op by op (``forward_peak_bytes``):
+  what sizes tiles, for any architecture;
 - latency: median and min over ``runs`` timed forwards after ``warmup`` (CUDA-synchronised on GPU), with the
   thread count stated; peak memory: ``max_memory_allocated`` on CUDA, the process's peak resident set on CPU
   (reset through ``/proc/self/clear_refs`` before the timed forward where Linux allows it). ``peak_memory``
@@ -16,11 +18,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -52,6 +57,46 @@ def conv_statistics(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 256,
             handle.remove()
     totals["macs"] = counter.get_total_flops() // 2
     return totals
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensor storages that ops create inside the mode and that are still alive, and their
+    high-water mark. A storage counts once however many views share it; one that existed before (parameters,
+    the input) counts never."""
+
+    def __init__(self, existing: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.sizes = {id(t.untyped_storage()): 0 for t in existing}  # storage id -> bytes counted
+
+    def _freed(self, key: int) -> None:
+        self.live -= self.sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if id(storage) not in self.sizes:
+                self.sizes[id(storage)] = storage.nbytes()
+                self.live += storage.nbytes()
+                weakref.finalize(storage, self._freed, id(storage))  # torch keeps one Python object per storage
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+@torch.inference_mode()
+def forward_peak_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The most bytes of tensors one forward of ``model`` holds at once (activations and output; not its
+    parameters, buffers or input), for a random input of ``input_shape``. Memory an op uses inside itself
+    (oneDNN's reorders, scratch space) and the allocator's slack are not seen: ``runtime.upscale.PEAK_MARGIN``."""
+    param = next(model.parameters())
+    x = torch.rand(input_shape, device=param.device, dtype=param.dtype)
+    tracker = _LiveTensorBytes([x, *model.parameters(), *model.buffers()])
+    with tracker:
+        model(x)
+    return tracker.peak
 
 
 def _status_kib(field: str) -> int:

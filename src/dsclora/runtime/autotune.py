@@ -47,6 +47,7 @@ from dsclora.version import __version__
 
 MAX_COMPILED_SHAPES = 8  # torch._dynamo.config.recompile_limit: past it, dynamo falls back to eager
 MIN_JOB_SECONDS = 30.0  # below this, a compile (seconds per shape) cannot pay for itself
+SLOW_CALL_SECONDS = 2.0  # a path whose first call takes longer is timed with one more call, not ``repeats``
 GPU_PADS = (0, 8, 16, 32)
 # (largest LR area in the class, the input size its timings are measured at); the last class is unbounded
 SHAPE_CLASSES = ((150 * 150, (128, 128)), (320 * 320, (256, 256)), (None, (270, 480)))
@@ -102,7 +103,9 @@ def _candidates(described: ModelDescriptor, device: torch.device, precision: str
 
 
 def _timed(runner, x: torch.Tensor, device: torch.device, repeats: int) -> tuple[float, float]:
-    """(first call, best of ``repeats`` later calls) in seconds."""
+    """(first call, best of ``repeats`` later calls) in seconds; of one later call where the first took over
+    ``SLOW_CALL_SECONDS``: its noise is then small beside it, and a large network's repeats would cost more
+    than a one-image job (CRAFT: ~15 s a call at 480x270 on a 2-core CPU, five paths to time)."""
 
     def once() -> float:
         if device.type == "cuda":
@@ -114,7 +117,7 @@ def _timed(runner, x: torch.Tensor, device: torch.device, repeats: int) -> tuple
         return time.perf_counter() - start
 
     first = once()
-    return first, min(once() for _ in range(repeats))
+    return first, min(once() for _ in range(repeats if first <= SLOW_CALL_SECONDS else 1))
 
 
 class _Cache:

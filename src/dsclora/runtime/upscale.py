@@ -46,10 +46,12 @@ from dsclora.fs import NoSpaceError, check_outputs, unreadable
 from dsclora.runtime.tiling import NonFiniteOutput, TiledUpscaler
 
 Existing = Literal["refuse", "overwrite", "skip"]
-# Peak memory of an untiled eager forward per conv activation (conv output value) of the network: measured with
-# benchmarks/infer.py's memory pass for SPAN-tiny (1.3-2.9 kB per LR pixel, 594 conv activations per LR pixel,
-# depending on the path), so ~5 bytes each with the float32 output on top.
-BYTES_PER_ACTIVATION = 5
+# Peak memory of an untiled forward over the tensor bytes ``measure.profiling.forward_peak_bytes`` tracks (it does
+# not see oneDNN's reorders and scratch or the allocator's slack). ``benchmarks/forward_memory.py`` (2 threads of
+# an AMD EPYC family 25 model 17): the peak RSS rise of one forward was 0.58-1.69x the tracked peak of a 64x64
+# probe over SPAN-tiny (960x540), HAESR and CRAFT (240x136) on four CPU paths. (The sum of conv outputs, used
+# before, overestimated CRAFT ten times: it tiled a 480x270 image into 64-pixel tiles, five times the work.)
+PEAK_MARGIN = 2.0
 # Bytes per output value (pixel x channel) while an image is assembled and written: the float32 output, then
 # the encoder's float32 scaled copy and its uint8 (or uint16) result (``images.to_uint8``), alive together.
 OUTPUT_BYTES_PER_VALUE = 4 + 4 + 2
@@ -193,10 +195,11 @@ def verify_inputs(jobs: list[tuple[Path, Path]], max_pixels: int) -> list[ImageI
     return infos
 
 
-def forward_bytes_per_pixel(activations_per_pixel: float, scale: int) -> float:
-    """Estimated peak bytes per LR pixel of one untiled forward: ``BYTES_PER_ACTIVATION`` per conv activation
-    (``measure.profiling.conv_statistics`` per LR pixel), plus the float32 output."""
-    return BYTES_PER_ACTIVATION * activations_per_pixel + 4 * 3 * scale * scale * 2
+def forward_bytes_per_pixel(tracked_bytes: int, pixels: int) -> float:
+    """Estimated peak bytes per LR pixel of one untiled forward, from the tensor peak of a probe forward of
+    ``pixels`` LR pixels (``measure.profiling.forward_peak_bytes``, output included). A network whose memory
+    grows faster than its pixels (attention over the whole image) would need more at larger sizes."""
+    return PEAK_MARGIN * tracked_bytes / pixels
 
 
 def check_forward_memory(height: int, width: int, bytes_per_pixel: float, device: torch.device, option: str) -> None:
