@@ -20,8 +20,8 @@ the first and last conv) stay fp32, the others run in bf16 under autocast with k
 both against fp32 (speed, Y-PSNR on Set5 and B100); ``--precision auto`` (``autotune``) checks them on reference
 images before it may choose them. On a CPU both generic policies keep grouped (e.g. depthwise) convs in fp32:
 oneDNN's bf16 kernel for some of them stalls (torch 2.13 on an AMD Zen 4: HAESR's 1x31 depthwise conv, 12
-channels, on a 32x32 channels-last input did not finish within 10 s in bf16, where fp32 took milliseconds; the
-same conv on 24x24 took 2 ms), and a depthwise conv, memory-bound, gains little from bf16 anyway.
+channels, on a 32x32 channels-last input did not finish within 10 s in bf16, where fp32 took 0.12 ms; on 24x24
+bf16 took 2 ms), and a depthwise conv, memory-bound, gains little from bf16 anyway.
 
 On a GPU, fp32 means IEEE fp32 convs (cuDNN's TF32 default is switched off around each call); fp16 / bf16 are
 autocast; ``cudnn.benchmark`` picks the fastest conv algorithm per shape; ``compile`` uses
@@ -230,12 +230,12 @@ def make_runner(
     for param in work.parameters():
         param.requires_grad_(False)
     autocast = _autocast_dtype(precision)
+    cpu = device.type == "cpu"
     if precision == "bf16-accurate":
-        own = hooks.accurate_bf16_form if fast and device.type == "cpu" else None
-        cpu = device.type == "cpu"
+        own = hooks.accurate_bf16_form if fast and cpu else None
         work = own(work) if own is not None else accurate_bf16_copy(work, hooks.fp32_layers, cpu)
         autocast = None if own is not None else autocast  # the architecture's own form sets its dtypes itself
-    elif precision == "bf16" and device.type == "cpu":
+    elif precision == "bf16" and cpu:
         work = grouped_convs_in_fp32(work)
     if backend == "onnxruntime":
         return _onnxruntime_runner(described, work, device, precision)
