@@ -27,7 +27,8 @@ WEIGHTS_HELP = (
     "the network: a name (default: the embedded model; dscf, span-tiny, span-ch28: see `dsclora weights list`), "
     "a checkpoint (.pth / .safetensors / a training run's latest.pt: SPAN, or any architecture spandrel detects "
     "with the [spandrel] extra), or a model spec file (.yaml: code, class, args, weights, scale, input_range, "
-    "pad_to; importing its Python file runs that file's code, so use spec files you trust)"
+    "pad_to; importing its Python file runs that file's code, so use spec files you trust; a training run's "
+    "checkpoint of such a network imports the Python file it records in the same way)"
 )
 
 
