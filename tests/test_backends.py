@@ -179,7 +179,7 @@ def test_generic_bf16_accurate_keeps_the_first_and_last_conv_in_fp32() -> None:
 
 
 class _Depthwise(torch.nn.Module):
-    """x2 toy: conv, depthwise 1x31 conv, conv, pixel shuffle."""
+    """x2 toy: conv, depthwise 1x31 conv, 1x1 conv, conv, pixel shuffle."""
 
     def __init__(self) -> None:
         super().__init__()
