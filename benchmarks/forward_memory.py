@@ -3,10 +3,10 @@ the measurement behind ``runtime.upscale.PEAK_MARGIN``.
 
 For each network and CPU path, a fresh process loads the network, warms the path up on a 32x32 input, resets
 the peak resident set (``measure.profiling.reset_peak_memory``) and runs one forward of a smoothed random
-input; the rise of the peak over the resident set before the forward, per LR pixel, is set beside
-``forward_peak_bytes`` per pixel at the probe ``dsclora upscale`` uses (64x64, rounded up to the network's size
-multiple). Freed memory is kept, as the command line keeps it. The embedded model always; HAESR and CRAFT when
-``../shared`` holds them (slow networks: a smaller input).
+input; the rise of the peak over the resident set before the forward, per LR pixel, is set beside the tensor
+peak per pixel of the probe ``dsclora upscale`` uses (``measure.profiling.probe_peak_per_pixel``). Freed memory
+is kept, as the command line keeps it. The embedded model always; HAESR and CRAFT when ``../shared`` holds them
+(slow networks: a smaller input).
 
     python benchmarks/forward_memory.py [--json benchmarks/results/forward_memory.json]
 """
@@ -23,7 +23,7 @@ import torch
 
 from dsclora.devices import device_name, keep_freed_memory
 from dsclora.fs import atomic_write
-from dsclora.measure.profiling import current_memory, forward_peak_bytes, peak_memory, reset_peak_memory
+from dsclora.measure.profiling import current_memory, peak_memory, probe_peak_per_pixel, reset_peak_memory
 from dsclora.runtime.backends import make_runner
 from dsclora.runtime.upscale import PEAK_MARGIN
 from dsclora.weights.load import load
@@ -55,12 +55,6 @@ def child(weights: str, backend: str, precision: str, height: int, width: int) -
     print(json.dumps({"rss_bytes_per_pixel": rise / (height * width)}))
 
 
-def tracked_per_pixel(weights: str) -> float:
-    loaded = load(weights)
-    side = max(64 // loaded.size_multiple, 1) * loaded.size_multiple
-    return forward_peak_bytes(loaded.runnable(), (1, loaded.in_channels, side, side)) / side**2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="benchmarks/results/forward_memory.json", help="output file")
@@ -78,7 +72,7 @@ def main() -> None:
         if shared and not Path(weights).exists():
             print(f"{label}: skipped ({weights} absent: ../shared is not here)")
             continue
-        tracked = tracked_per_pixel(weights)
+        tracked = probe_peak_per_pixel(load(weights))
         row: dict = {"input": f"{w}x{h}", "tracked_bytes_per_pixel": tracked, "paths": {}}
         for backend, precision in PATHS:
             command = [sys.executable, __file__, "--child", weights, backend, precision, str(h), str(w)]

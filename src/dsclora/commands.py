@@ -58,17 +58,6 @@ def _tile_overlap(args: argparse.Namespace, loaded) -> int:
     return radius
 
 
-def _bytes_per_pixel(loaded) -> float:
-    """Estimated peak memory of one untiled forward per LR pixel, from the tensors one forward of a small probe
-    holds at once."""
-    from dsclora.measure.profiling import forward_peak_bytes
-    from dsclora.runtime.upscale import forward_bytes_per_pixel
-
-    side = max(64 // loaded.size_multiple, 1) * loaded.size_multiple
-    tracked = forward_peak_bytes(loaded.runnable(), (1, loaded.in_channels, side, side))
-    return forward_bytes_per_pixel(tracked, side * side)
-
-
 def _runner(args: argparse.Namespace, loaded, device, shapes: dict, extra: str = ""):
     """(runner, resolved choice): ``auto`` back-end / precision resolved in autotune, the result printed."""
     from dsclora.runtime.autotune import resolve
@@ -87,7 +76,7 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
     (``auto`` in autotune), tile chosen, all printed."""
     from dsclora.models.ensemble import SelfEnsemble
     from dsclora.runtime.tiling import TiledUpscaler
-    from dsclora.runtime.upscale import auto_tile
+    from dsclora.runtime.upscale import auto_tile, forward_bytes_per_pixel
     from dsclora.weights.load import BICUBIC
 
     if loaded.arch == BICUBIC:  # runs as it is
@@ -97,7 +86,7 @@ def _upscaler(args: argparse.Namespace, loaded, device, sizes: list[tuple[int, i
     if args.tile is None and sizes:
         budget = args.memory_budget * 2**20
         overlap = args.tile_overlap or loaded.receptive_radius or DEFAULT_OVERLAP
-        tile = auto_tile(sizes, _bytes_per_pixel(loaded), overlap, budget)
+        tile = auto_tile(sizes, forward_bytes_per_pixel(loaded), overlap, budget)
         if tile:
             print(f"tile: {tile} (auto: a whole image would need more than {args.memory_budget} MiB)", file=sys.stderr)
     if args.tile_overlap is not None and not tile:
@@ -198,7 +187,7 @@ def profile(args: argparse.Namespace) -> int:
     from dsclora.fs import check_outputs, write_json
     from dsclora.measure.evaluate import check_dataset
     from dsclora.measure.profiling import ntire_report, profile
-    from dsclora.runtime.upscale import check_forward_memory
+    from dsclora.runtime.upscale import check_forward_memory, forward_bytes_per_pixel
     from dsclora.weights.load import input_files, load
 
     if args.ntire and not args.data:
@@ -215,7 +204,7 @@ def profile(args: argparse.Namespace) -> int:
     device = _check_runtime(args)
     loaded = load(args.weights, device, network=True)
     h, w = args.size
-    check_forward_memory(h, w, _bytes_per_pixel(loaded), device, "--size")
+    check_forward_memory(h, w, forward_bytes_per_pixel(loaded), device, "--size")
     if args.ntire:
         check_dataset(args.data, loaded.scale)
     runner, choice = _runner(args, loaded, device, {(h, w): args.warmup + args.runs})

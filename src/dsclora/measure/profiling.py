@@ -28,6 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from dsclora.models.descriptor import ModelDescriptor
+
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -97,6 +99,13 @@ def forward_peak_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     with tracker:
         model(x)
     return tracker.peak
+
+
+def probe_peak_per_pixel(described: ModelDescriptor) -> float:
+    """``forward_peak_bytes`` per LR pixel of the descriptor's network (input range and padding applied) on a
+    probe of about 64x64 (rounded up to its size multiple): what ``--tile auto`` estimates memory from."""
+    side = max(64 // described.size_multiple, 1) * described.size_multiple
+    return forward_peak_bytes(described.runnable(), (1, described.in_channels, side, side)) / side**2
 
 
 def _status_kib(field: str) -> int:

@@ -43,6 +43,8 @@ from dsclora.data.video import media_without_video
 from dsclora.devices import available_memory
 from dsclora.errors import DscloraError
 from dsclora.fs import NoSpaceError, check_outputs, unreadable
+from dsclora.measure.profiling import probe_peak_per_pixel
+from dsclora.models.descriptor import ModelDescriptor
 from dsclora.runtime.tiling import NonFiniteOutput, TiledUpscaler
 
 Existing = Literal["refuse", "overwrite", "skip"]
@@ -195,11 +197,11 @@ def verify_inputs(jobs: list[tuple[Path, Path]], max_pixels: int) -> list[ImageI
     return infos
 
 
-def forward_bytes_per_pixel(tracked_bytes: int, pixels: int) -> float:
-    """Estimated peak bytes per LR pixel of one untiled forward, from the tensor peak of a probe forward of
-    ``pixels`` LR pixels (``measure.profiling.forward_peak_bytes``, output included). A network whose memory
-    grows faster than its pixels (attention over the whole image) would need more at larger sizes."""
-    return PEAK_MARGIN * tracked_bytes / pixels
+def forward_bytes_per_pixel(described: ModelDescriptor) -> float:
+    """Estimated peak bytes per LR pixel of one untiled forward: ``PEAK_MARGIN`` times the tensor peak of a probe
+    forward (``measure.profiling.probe_peak_per_pixel``, output included). A network whose memory grows faster
+    than its pixels (attention over the whole image) would need more at larger sizes."""
+    return PEAK_MARGIN * probe_peak_per_pixel(described)
 
 
 def check_forward_memory(height: int, width: int, bytes_per_pixel: float, device: torch.device, option: str) -> None:
