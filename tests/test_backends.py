@@ -3,6 +3,7 @@ photos from scikit-image's wheel: no workspace data needed)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import subprocess
@@ -23,7 +24,7 @@ from dsclora.models.span import BF16SPAN, FusedSPAN, fused_bf16
 from dsclora.models.span.fused import pixel_shuffle_to_nchw
 from dsclora.models.span.padding import pad_channels
 from dsclora.runtime.autotune import resolve
-from dsclora.runtime.backends import accurate_bf16_copy, make_runner
+from dsclora.runtime.backends import generic_bf16_policy, make_runner
 from dsclora.runtime.reference import MAX_ABS_CHANGE, accuracy, reference_pairs
 from dsclora.runtime.tiling import TiledUpscaler
 from dsclora.weights.load import load
@@ -166,7 +167,7 @@ def test_generic_bf16_accurate_keeps_the_first_and_last_conv_in_fp32() -> None:
     net = torch.nn.Sequential(
         *(torch.nn.Conv2d(3 if i == 0 else 8, 3 if i == 3 else 8, 3, padding=1) for i in range(4))
     )
-    work = accurate_bf16_copy(net)
+    work = generic_bf16_policy(copy.deepcopy(net), "bf16-accurate")
     kinds = [type(module).__name__ for module in work]
     assert kinds == ["_Float32", "_Float32Output", "_Float32Output", "_Float32"]
     assert torch.equal(work[0].conv.weight, net[0].weight) and torch.equal(work[3].conv.weight, net[3].weight)

@@ -82,35 +82,30 @@ class _Float32Output(nn.Module):
         return self.conv(x).float()
 
 
-def _grouped_convs(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d) and module.groups > 1]
-
-
-def grouped_convs_in_fp32(model: nn.Module) -> nn.Module:
-    """``model`` (changed in place) with its grouped convs run in fp32 under autocast: the CPU's generic plain
-    bf16 policy (see the module docstring)."""
-    for name in _grouped_convs(model):
-        replace_module(model, name, _Float32(model.get_submodule(name)))
-    return model
-
-
 @torch.no_grad()
-def accurate_bf16_copy(model: nn.Module, fp32_layers: tuple[str, ...] = (), cpu: bool = False) -> nn.Module:
-    """A copy for the generic ``bf16-accurate`` policy (any network): convs named by ``fp32_layers`` (the
-    architecture's input- and output-side layers, e.g. SPAN's that read the x255 input or write the output; where
-    it names none, the first and last conv in module order) and, on a CPU, grouped convs stay fp32; the others
-    run in bf16 under autocast with weights rounded keeping kernel sums (``models.rounding``) and hand fp32 to
-    what follows."""
-    work = copy.deepcopy(model)
-    convs = [name for name, module in work.named_modules() if isinstance(module, nn.Conv2d)]
-    keep = [n for n in convs if n.startswith(fp32_layers)] if fp32_layers else convs[:1] + convs[-1:]
-    keep += _grouped_convs(work) if cpu else []
+def generic_bf16_policy(
+    model: nn.Module, precision: str, fp32_layers: tuple[str, ...] = (), cpu: bool = False
+) -> nn.Module:
+    """``model`` (changed in place: callers hand it a private copy) prepared for bf16 autocast by one decision per
+    conv: fp32 (``_Float32``), or bf16 handing fp32 on (``_Float32Output``, ``bf16-accurate`` only), or left to
+    autocast (plain ``bf16``). fp32: on a CPU every grouped conv (see the module docstring), and for
+    ``bf16-accurate`` the convs named by ``fp32_layers`` (the architecture's input- and output-side layers,
+    e.g. SPAN's that read the x255 input or write the output; where it names none, the first and last conv in
+    module order). ``bf16-accurate``'s bf16 convs get weights rounded keeping kernel sums (``models.rounding``)."""
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    accurate = precision == "bf16-accurate"
+    keep = {name for name in convs if cpu and model.get_submodule(name).groups > 1}
+    if accurate:
+        keep |= {n for n in convs if n.startswith(fp32_layers)} if fp32_layers else {*convs[:1], *convs[-1:]}
     for name in convs:
-        conv = work.get_submodule(name)
-        if name not in keep and conv.weight.dtype == torch.float32:
-            conv.weight.copy_(bf16_keeping_sums(conv.weight))  # exact bf16 values: autocast's cast keeps them
-        replace_module(work, name, _Float32(conv) if name in keep else _Float32Output(conv))
-    return work
+        conv = model.get_submodule(name)
+        if name in keep:
+            replace_module(model, name, _Float32(conv))
+        elif accurate:
+            if conv.weight.dtype == torch.float32:
+                conv.weight.copy_(bf16_keeping_sums(conv.weight))  # exact bf16 values: autocast's cast keeps them
+            replace_module(model, name, _Float32Output(conv))
+    return model
 
 
 def _autocast_dtype(precision: str) -> torch.dtype | None:
@@ -233,10 +228,10 @@ def make_runner(
     cpu = device.type == "cpu"
     if precision == "bf16-accurate":
         own = hooks.accurate_bf16_form if fast and cpu else None
-        work = own(work) if own is not None else accurate_bf16_copy(work, hooks.fp32_layers, cpu)
+        work = own(work) if own is not None else generic_bf16_policy(work, precision, hooks.fp32_layers, cpu)
         autocast = None if own is not None else autocast  # the architecture's own form sets its dtypes itself
-    elif precision == "bf16" and cpu:
-        work = grouped_convs_in_fp32(work)
+    elif precision == "bf16":
+        work = generic_bf16_policy(work, precision, cpu=cpu)
     if backend == "onnxruntime":
         return _onnxruntime_runner(described, work, device, precision)
     work = described.runnable(work)
