@@ -30,6 +30,10 @@ Runs (``<run>_fp32``): the x4 bases with HAESR, the teacher with the most headro
 4 runs, about 3 hours here. Rule: a base's verdict is taken on its run, of either part, whose student gains most on
 the held-out images.
 
+Machine note (2026-12-02): a session ended with ``rlfn_s_x2_self_x8_fp32`` at step 925 of 1500 and the next
+session began on a fresh machine, an Intel Xeon (family 6 model 167, AMX-bf16; sessions do not choose their CPU),
+where the run started again from step 0; its result records that machine (each result records its own).
+
     python studies/any_model/run.py [NAME ...]   # references, then runs (default all); results/*.json; resumable
     python studies/any_model/run.py --table      # the results as the markdown table docs/results.md carries
 

@@ -40,6 +40,13 @@ more than the 3,000-step one, the shipped run takes as many steps (a multiple of
 allow at the step time measured in ``l_6000``; otherwise it takes 6,000 steps. The shipped run trains on the whole
 pool (the 40 held-out images too), as before.
 
+Amendment, written before ``t_craft``'s run (2026-12-02): sessions do not choose their CPU, and each starts on a
+fresh machine (a run cannot continue into the next session), so "one machine" cannot hold for all of parts 2-4:
+``t_craft`` runs on 2 threads of an Intel Xeon (family 6 model 167, AMX-bf16). Every result records its machine
+and ``--decide`` prints it beside each gain. Where a rule compares runs from different CPU models and its outcome
+rests on a margin below 2 x TIE_DB (0.01 dB), the two leading candidates are run again on one CPU model and the
+rule applies to those runs.
+
     python studies/teacher_choice/run.py [NAME ...]   # references, then the named runs; results/*.json; resumable
     python studies/teacher_choice/run.py --decide     # applies rules T, C and L to the results and prints why
 
@@ -176,7 +183,7 @@ def rule_t() -> tuple[str, str]:
     best = max(done.values())
     close = [n for n, g in done.items() if g >= best - TIE_DB]
     chosen = min(close, key=lambda n: (TEACHERS[n][2], -done[n]))
-    gains = ", ".join(f"{n} {g:+.4f}" for n, g in done.items())
+    gains = ", ".join(f"{n} {g:+.4f} ({result(n)['machine']})" for n, g in done.items())
     return chosen, f"rule T over {gains} dB: {chosen}" + _pending([n for n in TEACHERS if n != "t_haesr_x8"])
 
 
